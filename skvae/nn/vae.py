@@ -1,0 +1,179 @@
+"""The Gaussian-encoder variational autoencoder."""
+
+import math
+
+import torch
+from torch import nn
+
+from .base import LatentVariableModel
+from .gaussian import (
+    bernoulli_log_prob,
+    diagonal_normal_log_prob,
+    kl_to_standard_normal,
+    soft_lower_bound,
+    standard_normal_log_prob,
+)
+from .mlp import MLP
+
+# Encoder log-variances outside this range carry no information a float32
+# network can use, and exp() of them overflows or underflows.
+ENCODER_LOG_VAR_RANGE = (-30.0, 10.0)
+# A learned decoder variance may not shrink below 1e-6: a Gaussian whose
+# variance collapses onto a data point has unbounded likelihood.
+DECODER_LOG_VAR_MIN = math.log(1e-6)
+
+
+class GaussianVAE(LatentVariableModel):
+    """VAE with encoder N(mu(x), diag sigma^2(x)), prior N(0, I), and a
+    Gaussian or Bernoulli decoder.
+
+    Parameters
+    ----------
+    n_features : int
+        Dimension of the data.
+    n_components : int
+        Dimension of the latent space.
+    encoder_layers : sequence of int, default=(256, 256)
+        Hidden widths of the encoder; empty for an affine encoder.
+    decoder_layers : sequence of int or None, default=None
+        Hidden widths of the decoder; None mirrors the encoder.
+    activation : str, default="silu"
+        Non-linearity of both networks (see :class:`~skvae.nn.MLP`).
+    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        Decoder distribution p(x|z).
+    decoder_variance : "learned" or float, default="learned"
+        Variance of a Gaussian decoder: one learned value per feature, or a
+        fixed positive number (small values give the near-deterministic
+        regime).
+    beta : float, default=1.0
+        Weight of the KL term in the training loss. The density of the model
+        (:meth:`log_prob`) does not depend on it.
+    generator : torch.Generator, default=None
+        Source of randomness for the initial weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn import GaussianVAE
+    >>> g = torch.Generator().manual_seed(0)
+    >>> vae = GaussianVAE(5, 2, encoder_layers=(16,), generator=g)
+    >>> x = torch.randn(4, 5, generator=g)
+    >>> vae.loss(x, g).shape, vae.log_prob(x, g, n_samples=10).shape
+    (torch.Size([4]), torch.Size([4]))
+    """
+
+    def __init__(
+        self,
+        n_features,
+        n_components,
+        encoder_layers=(256, 256),
+        decoder_layers=None,
+        activation="silu",
+        likelihood="gaussian",
+        decoder_variance="learned",
+        beta=1.0,
+        generator=None,
+    ):
+        super().__init__()
+        if decoder_layers is None:
+            decoder_layers = tuple(reversed(encoder_layers))
+        self.n_components = n_components
+        self.decoder_widths = tuple(decoder_layers)
+        self.likelihood = likelihood
+        self.beta = beta
+        self.encoder = MLP(
+            n_features,
+            encoder_layers,
+            2 * n_components,
+            activation,
+            generator=generator,
+        )
+        self.decoder = MLP(
+            n_components, decoder_layers, n_features, activation, generator=generator
+        )
+        if likelihood == "gaussian" and decoder_variance == "learned":
+            self.decoder_log_var_raw = nn.Parameter(torch.zeros(n_features))
+        elif likelihood == "gaussian":
+            self.register_buffer(
+                "decoder_log_var_raw",
+                torch.full((n_features,), math.log(decoder_variance)),
+            )
+            self.decoder_log_var_raw.requires_grad_(False)
+        self.learned_variance = decoder_variance == "learned"
+
+    @property
+    def decoder_log_var(self):
+        """Per-feature log-variance of the Gaussian decoder."""
+        if self.learned_variance:
+            return soft_lower_bound(self.decoder_log_var_raw, DECODER_LOG_VAR_MIN)
+        return self.decoder_log_var_raw
+
+    def posterior(self, x):
+        """Mean and log-variance of q(z|x), each ``(n_rows, n_components)``."""
+        mean, log_var = self.encoder(x).chunk(2, dim=-1)
+        return mean, log_var.clamp(*ENCODER_LOG_VAR_RANGE)
+
+    def log_likelihood(self, x, z):
+        """log p(x|z) for ``z`` of shape ``(..., n_rows, n_components)``."""
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return bernoulli_log_prob(x, out)
+        return diagonal_normal_log_prob(x, out, self.decoder_log_var)
+
+    def elbo_terms(self, x, generator):
+        """One-sample reconstruction term E_q[log p(x|z)] and KL, per row."""
+        mean, log_var = self.posterior(x)
+        eps = torch.randn(
+            mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+        )
+        z = mean + torch.exp(0.5 * log_var) * eps
+        return self.log_likelihood(x, z), kl_to_standard_normal(mean, log_var)
+
+    def loss(self, x, generator):
+        reconstruction, kl = self.elbo_terms(x, generator)
+        return -reconstruction + self.beta * kl
+
+    def encode(self, x):
+        return self.posterior(x)[0]
+
+    def decode(self, z):
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def importance_log_weights(self, x, generator, n_samples):
+        """log p(x, z_k) - log q(z_k|x) for K draws, shape ``(K, n_rows)``.
+
+        The K standard-normal draws are shared by every row (common random
+        numbers), so each row's weights depend on that row alone.
+        """
+        mean, log_var = self.posterior(x)
+        eps = torch.randn(
+            (n_samples, 1, self.n_components),
+            generator=generator,
+            device=mean.device,
+            dtype=mean.dtype,
+        )
+        z = mean + torch.exp(0.5 * log_var) * eps
+        # log q(z|x) written with eps avoids cancelling (z - mean) / sigma.
+        log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
+        return self.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+
+    def log_prob(self, x, generator, n_samples=100):
+        """Importance-weighted (IWAE) estimate of log p(x) with K draws."""
+        log_w = self.importance_log_weights(x, generator, n_samples)
+        return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+
+    def sample(self, n_samples, generator):
+        device = self.decoder[0].weight.device
+        dtype = self.decoder[0].weight.dtype
+        z = torch.randn(
+            (n_samples, self.n_components),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return torch.bernoulli(torch.sigmoid(out), generator=generator)
+        noise = torch.randn(out.shape, generator=generator, device=device, dtype=dtype)
+        return out + torch.exp(0.5 * self.decoder_log_var) * noise

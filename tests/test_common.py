@@ -1,0 +1,18 @@
+"""scikit-learn's estimator checks, in full, for every skvae estimator."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skvae import VAETransformer
+
+# Small networks and few epochs keep the checks fast; the checks themselves
+# are scikit-learn's, none skipped or expected to fail.
+ESTIMATORS = [
+    VAETransformer(
+        encoder_layers=(8,), max_iter=5, batch_size=32, n_importance_samples=8
+    ),
+]
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
