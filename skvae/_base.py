@@ -142,12 +142,14 @@ class BaseLatentEstimator(
                 "epochs; the model keeps the weights of the last finished epoch. "
                 "Call fit again with warm_start=True to resume.",
                 UserWarning,
+                stacklevel=2,
             )
         else:
             warnings.warn(
                 f"{type(self).__name__}: maximum iterations ({self.max_iter}) "
                 "reached and the optimization hasn't converged yet.",
                 ConvergenceWarning,
+                stacklevel=2,
             )
 
     def transform(self, X):

@@ -1,5 +1,6 @@
 """Multi-layer perceptrons initialised from an explicit random generator."""
 
+import itertools
 import math
 
 from torch import nn
@@ -76,7 +77,7 @@ class MLP(nn.Sequential):
             )
         widths = [in_features, *hidden_layers, out_features]
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
             linear = nn.Linear(n_in, n_out)
             reset_linear_(linear, generator)
             layers.append(linear)
