@@ -123,9 +123,11 @@ class VAETransformer(BaseLatentEstimator):
     >>> from skvae import VAETransformer
     >>> X = load_digits().data / 16
     >>> vae = VAETransformer(n_components=2, encoder_layers=(64,), max_iter=5,
-    ...                      random_state=0).fit(X)  # doctest: +SKIP
-    >>> vae.transform(X[:3]).shape  # doctest: +SKIP
+    ...                      random_state=0).fit(X)
+    >>> vae.transform(X[:3]).shape
     (3, 2)
+    >>> vae.score_samples(X[:3]).shape
+    (3,)
     """
 
     _parameter_constraints: dict = {

@@ -1,0 +1,59 @@
+"""A short demonstration on scikit-learn's bundled digits.
+
+Run it with ``python -m skvae.demo``. It fits a VAETransformer to the
+dequantized digits and prints its held-out log-likelihood and reconstruction
+error beside PCA and a Gaussian mixture, the tools it replaces.
+"""
+
+import argparse
+import time
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import train_test_split
+
+from skvae import VAETransformer
+from skvae.datasets import load_digits_dequantized
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=300)
+    args = parser.parse_args(argv)
+
+    X = load_digits_dequantized(random_state=0).data
+    X_train, X_test = train_test_split(X, test_size=0.2, random_state=0)
+
+    start = time.perf_counter()
+    vae = VAETransformer(
+        n_components=10,
+        encoder_layers=(256, 256),
+        max_iter=args.epochs,
+        n_iter_no_change=args.epochs,
+        n_importance_samples=500,
+        random_state=0,
+        verbose=1,
+    ).fit(X_train)
+    fit_seconds = time.perf_counter() - start
+
+    pca = PCA(n_components=10).fit(X_train)
+    gmm = GaussianMixture(n_components=5, random_state=0).fit(X_train)
+    rows = [
+        ("VAETransformer (10 latents)", vae.score(X_test), _mse(vae, X_test)),
+        ("PCA (10 components)", pca.score(X_test), _mse(pca, X_test)),
+        ("GaussianMixture (5 components)", gmm.score(X_test), float("nan")),
+    ]
+    print(f"\nDequantized digits, {len(X_test)} held-out rows")
+    print(f"{'model':<32}{'log-likelihood (nats)':>24}{'reconstruction MSE':>22}")
+    for name, loglik, mse in rows:
+        print(f"{name:<32}{loglik:>24.1f}{mse:>22.4f}")
+    print(f"\nVAETransformer trained {vae.n_iter_} epochs in {fit_seconds:.0f} s.")
+
+
+def _mse(model, X):
+    return float(np.mean((model.inverse_transform(model.transform(X)) - X) ** 2))
+
+
+if __name__ == "__main__":
+    main()
