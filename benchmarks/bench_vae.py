@@ -1,0 +1,226 @@
+"""Speed and quality of VAETransformer against the tools it replaces.
+
+Run by hand on a quiet machine (tests never time anything)::
+
+    python benchmarks/bench_vae.py speed      # fit / inference overhead
+    python benchmarks/bench_vae.py quality    # log-likelihood, reconstruction
+
+Speed figures are medians of paired runs (estimator and plain torch loop
+back to back), reported as ratios because absolute times drift on shared
+machines.
+"""
+
+import argparse
+import time
+import warnings
+from functools import partial
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import train_test_split
+
+from skvae import VAETransformer
+from skvae.datasets import load_digits_dequantized
+
+warnings.simplefilter("ignore", ConvergenceWarning)
+
+SETTINGS = dict(
+    n_components=10,
+    encoder_layers=(256, 256),
+    activation="silu",
+    batch_size=128,
+    learning_rate_init=1e-3,
+)
+
+
+def dequantized_split():
+    X = load_digits_dequantized(random_state=0).data
+    return train_test_split(X, test_size=0.2, random_state=0)
+
+
+def torch_loop(module, X, epochs, batch_size, lr, seed):
+    """The hand-written loop a PyTorch user would write for the same model."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    X = torch.from_numpy(X)
+    for _ in range(epochs):
+        X_epoch = X[torch.randperm(len(X), generator=generator)]
+        total = 0.0
+        for start in range(0, len(X_epoch), batch_size):
+            loss = module.loss(X_epoch[start : start + batch_size], generator).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+    return module
+
+
+def bench_fit(repeats, epochs):
+    X = dequantized_split()[0].astype(np.float32)
+    ratios, times = [], []
+    for repeat in range(repeats):
+        est = VAETransformer(
+            **SETTINGS, max_iter=epochs, n_iter_no_change=epochs, random_state=repeat
+        )
+        start = time.perf_counter()
+        est.fit(X)
+        t_est = time.perf_counter() - start
+        module = est._build_module(X.shape[1], torch.Generator().manual_seed(repeat))
+        start = time.perf_counter()
+        torch_loop(module, X, epochs, SETTINGS["batch_size"], 1e-3, repeat)
+        t_loop = time.perf_counter() - start
+        ratios.append(t_est / t_loop)
+        times.append((t_est, t_loop))
+    return np.median(ratios), np.median(times, axis=0), ratios
+
+
+def bench_inference(repeats, n_rows, n_importance_samples):
+    X_small = dequantized_split()[0]
+    est = VAETransformer(
+        **SETTINGS,
+        max_iter=2,
+        n_importance_samples=n_importance_samples,
+        random_state=0,
+    ).fit(X_small)
+    rng = np.random.default_rng(0)
+    rows = []
+    for dtype in (np.float32, np.float64):
+        X = rng.uniform(size=(n_rows, X_small.shape[1])).astype(dtype)
+        module = est._inference_module(dtype)
+        x = torch.from_numpy(X)
+        widest = max((X.shape[1], *module.decoder_widths))
+        chunk = est._rows_per_chunk(n_importance_samples * widest)
+
+        bare_encode = partial(_bare_encode, module, x)
+        bare_score = partial(
+            _bare_score, module, x, chunk, n_importance_samples, est._generator
+        )
+
+        for name, method, bare in (
+            ("transform", est.transform, bare_encode),
+            ("score_samples", est.score_samples, bare_score),
+        ):
+            ratios, pairs = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                method(X)
+                t_est = time.perf_counter() - start
+                start = time.perf_counter()
+                bare()
+                t_bare = time.perf_counter() - start
+                ratios.append(t_est / t_bare)
+                pairs.append((t_est, t_bare))
+            rows.append(
+                (
+                    name,
+                    np.dtype(dtype).name,
+                    np.median(ratios),
+                    *np.median(pairs, axis=0),
+                )
+            )
+    return rows
+
+
+def _bare_encode(module, x):
+    with torch.no_grad():
+        return module.encode(x).numpy()
+
+
+def _bare_score(module, x, chunk, n_importance_samples, make_generator):
+    with torch.no_grad():
+        return torch.cat(
+            [
+                module.log_prob(
+                    x[s : s + chunk], make_generator(0), n_samples=n_importance_samples
+                )
+                for s in range(0, len(x), chunk)
+            ]
+        ).numpy()
+
+
+def bench_loglik(epochs, n_importance_samples):
+    X_train, X_test = dequantized_split()
+    start = time.perf_counter()
+    vae = VAETransformer(
+        **SETTINGS,
+        max_iter=epochs,
+        n_iter_no_change=epochs,
+        n_importance_samples=n_importance_samples,
+        random_state=0,
+    ).fit(X_train)
+    fit_time = time.perf_counter() - start
+    pca = PCA().fit(X_train)
+    gmm_scores = {
+        k: GaussianMixture(k, random_state=0).fit(X_train).score(X_test)
+        for k in (1, 2, 5, 10, 20, 40)
+    }
+    best_k = max(gmm_scores, key=gmm_scores.get)
+    return [
+        (
+            f"VAETransformer, IWAE-{n_importance_samples} ({fit_time:.0f} s fit)",
+            vae.score(X_test),
+        ),
+        ("PCA (all components)", pca.score(X_test)),
+        (f"GaussianMixture (best of 1..40: {best_k})", gmm_scores[best_k]),
+    ]
+
+
+def bench_reconstruction(epochs):
+    X = load_digits().data / 16
+    X_train, X_test = train_test_split(X, test_size=0.2, random_state=0)
+    rows = []
+    for k in (2, 5, 10, 20):
+        pca = PCA(k).fit(X_train)
+        vae = VAETransformer(
+            **{**SETTINGS, "n_components": k},
+            decoder_variance=1e-3,
+            max_iter=epochs,
+            n_iter_no_change=epochs,
+            random_state=0,
+        ).fit(X_train)
+        rows.append((k, _mse(vae, X_test), _mse(pca, X_test)))
+    return rows
+
+
+def _mse(model, X):
+    return float(np.mean((model.inverse_transform(model.transform(X)) - X) ** 2))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("part", choices=["speed", "quality"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=300)
+    args = parser.parse_args()
+    if args.part == "speed":
+        ratio, (t_est, t_loop), ratios = bench_fit(args.repeats, epochs=50)
+        print("| measurement | skvae (s) | plain torch (s) | median ratio |")
+        print("|---|---|---|---|")
+        print(
+            f"| fit, digits, 50 epochs, batch 128 ({args.repeats} pairs; ratios "
+            f"{', '.join(f'{r:.3f}' for r in ratios)}) | {t_est:.2f} | "
+            f"{t_loop:.2f} | {ratio:.3f} |"
+        )
+        for name, dtype, r, t_est, t_bare in bench_inference(
+            args.repeats, 100_000, 100
+        ):
+            print(
+                f"| {name}, 100k rows, {dtype} | {t_est:.2f} | {t_bare:.2f} | {r:.3f} |"
+            )
+    else:
+        print("| model | held-out log-likelihood (nats) |")
+        print("|---|---|")
+        for name, value in bench_loglik(args.epochs, 500):
+            print(f"| {name} | {value:.1f} |")
+        print("\n| n_components | VAETransformer MSE | PCA MSE |")
+        print("|---|---|---|")
+        for k, mse_vae, mse_pca in bench_reconstruction(args.epochs):
+            print(f"| {k} | {mse_vae:.4f} | {mse_pca:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
