@@ -1,0 +1,242 @@
+"""Invertible building blocks: affine couplings and fixed mixing layers.
+
+Every block maps ``x`` of shape ``(n_rows, n_features)`` to ``(y, log_det)``,
+where ``log_det`` of shape ``(n_rows,)`` is log|det dy/dx| of each row, and
+has an exact ``inverse``.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from .mlp import MLP
+
+
+def soft_clamp(a, clamp):
+    """Squash ``a`` smoothly into ``(-clamp, clamp)``.
+
+    Computes ``clamp * (2 / pi) * atan(a / clamp)``, the soft clamp of
+    Nguyen, Ardizzone & Köthe (FrEIA's ``0.636 * atan``). Applied to the
+    log-scales of a coupling, it bounds the scale of each block to
+    ``(exp(-clamp), exp(clamp))``, so that ``exp`` never overflows while the
+    gradient stays non-zero everywhere.
+
+    Parameters
+    ----------
+    a : torch.Tensor
+        Raw values.
+    clamp : float
+        Bound on the absolute value of the output; positive.
+
+    Returns
+    -------
+    torch.Tensor
+        Tensor of the shape of ``a``, strictly inside ``(-clamp, clamp)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.coupling import soft_clamp
+    >>> soft_clamp(torch.tensor([-1e6, 0.0, 1e6]), 2.0)
+    tensor([-2.0000,  0.0000,  2.0000])
+    """
+    return clamp * (2.0 / math.pi) * torch.atan(a / clamp)
+
+
+class AffineCoupling(nn.Module):
+    """Two-sided affine coupling block with soft-clamped scales.
+
+    The input is split into ``x1`` (the first ``ceil(n_features / 2)``
+    columns) and ``x2``; then ``y2 = x2 * exp(s1(x1)) + t1(x1)`` and
+    ``y1 = x1 * exp(s2(y2)) + t2(y2)``, and the output is ``[y1, y2]``. The
+    log-scales pass through :func:`soft_clamp`. Each side's ``(s, t)`` comes
+    from one :class:`~skvae.nn.MLP` whose last layer starts at zero, so the
+    block is the identity at initialisation.
+
+    With a single feature there is nothing to condition on: the block is then
+    the elementwise affine map ``y = x * exp(soft_clamp(s)) + t`` with a learned
+    log-scale ``s`` and shift ``t`` (both starting at zero, so still the
+    identity), and ``subnet_layers``, ``activation`` and ``generator`` are
+    unused. A stack of such blocks is one affine map, which keeps one-feature
+    data usable by the estimators.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the input and output; at least 1.
+    subnet_layers : sequence of int, default=(64, 64)
+        Hidden widths of each of the two subnets.
+    clamp : float, default=2.0
+        Bound on each log-scale (see :func:`soft_clamp`).
+    activation : str, default="silu"
+        Non-linearity of the subnets (see :class:`~skvae.nn.MLP`).
+    generator : torch.Generator, default=None
+        Source of randomness for the initial weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.coupling import AffineCoupling
+    >>> block = AffineCoupling(3, (8,), generator=torch.Generator().manual_seed(0))
+    >>> x = torch.randn(4, 3)
+    >>> y, log_det = block(x)
+    >>> y.shape, log_det.shape
+    (torch.Size([4, 3]), torch.Size([4]))
+    >>> torch.allclose(block.inverse(y), x)
+    True
+    """
+
+    def __init__(
+        self,
+        n_features,
+        subnet_layers=(64, 64),
+        clamp=2.0,
+        activation="silu",
+        generator=None,
+    ):
+        super().__init__()
+        self.n_features = n_features
+        self.clamp = clamp
+        if n_features == 1:
+            self.log_scale = nn.Parameter(torch.zeros(1))
+            self.shift = nn.Parameter(torch.zeros(1))
+            return
+        self.n_first = math.ceil(n_features / 2)
+        n_second = n_features - self.n_first
+        self.subnet1 = MLP(
+            self.n_first,
+            subnet_layers,
+            2 * n_second,
+            activation,
+            zero_last=True,
+            generator=generator,
+        )
+        self.subnet2 = MLP(
+            n_second,
+            subnet_layers,
+            2 * self.n_first,
+            activation,
+            zero_last=True,
+            generator=generator,
+        )
+
+    def _scale_shift(self, subnet, condition):
+        log_scale, shift = subnet(condition).chunk(2, dim=-1)
+        return soft_clamp(log_scale, self.clamp), shift
+
+    def forward(self, x):
+        """Map ``x`` to ``(y, log_det)``, log_det of shape ``(n_rows,)``."""
+        if self.n_features == 1:
+            log_scale = soft_clamp(self.log_scale, self.clamp)
+            y = x * torch.exp(log_scale) + self.shift
+            return y, log_scale.expand(x.shape[0])
+        x1, x2 = x[:, : self.n_first], x[:, self.n_first :]
+        s1, t1 = self._scale_shift(self.subnet1, x1)
+        y2 = x2 * torch.exp(s1) + t1
+        s2, t2 = self._scale_shift(self.subnet2, y2)
+        y1 = x1 * torch.exp(s2) + t2
+        return torch.cat([y1, y2], dim=1), s1.sum(1) + s2.sum(1)
+
+    def inverse(self, y):
+        """The ``x`` with ``forward(x)[0] == y``."""
+        if self.n_features == 1:
+            return (y - self.shift) * torch.exp(-soft_clamp(self.log_scale, self.clamp))
+        y1, y2 = y[:, : self.n_first], y[:, self.n_first :]
+        s2, t2 = self._scale_shift(self.subnet2, y2)
+        x1 = (y1 - t2) * torch.exp(-s2)
+        s1, t1 = self._scale_shift(self.subnet1, x1)
+        x2 = (y2 - t1) * torch.exp(-s1)
+        return torch.cat([x1, x2], dim=1)
+
+
+class FixedPermutation(nn.Module):
+    """A random permutation of the features, drawn once and never trained.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of features to permute.
+    generator : torch.Generator, default=None
+        Source of the permutation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.coupling import FixedPermutation
+    >>> perm = FixedPermutation(3, generator=torch.Generator().manual_seed(0))
+    >>> y, log_det = perm(torch.tensor([[1.0, 2.0, 3.0]]))
+    >>> sorted(y.tolist()[0]), log_det
+    ([1.0, 2.0, 3.0], tensor([0.]))
+    """
+
+    def __init__(self, n_features, generator=None):
+        super().__init__()
+        perm = torch.randperm(n_features, generator=generator)
+        self.register_buffer("perm", perm)
+        self.register_buffer("inverse_perm", torch.argsort(perm))
+
+    def forward(self, x):
+        """Permute the columns of ``x``; the log-determinant is zero."""
+        return x[:, self.perm], x.new_zeros(x.shape[0])
+
+    def inverse(self, y):
+        """Undo the permutation."""
+        return y[:, self.inverse_perm]
+
+
+def _sign_corrected_q(matrix):
+    # Fixing the signs of R's diagonal makes the QR factorisation unique: Q of
+    # a Gaussian matrix is then Haar distributed, and Q of a nearly orthogonal
+    # matrix is that matrix, orthogonalised.
+    q, r = torch.linalg.qr(matrix)
+    return q * torch.sign(torch.diagonal(r))
+
+
+class FixedOrthogonal(nn.Module):
+    """A random orthogonal mixing of the features, drawn once and never trained.
+
+    The matrix is the Haar-distributed orthogonal factor of a Gaussian matrix,
+    so the log-determinant is zero. Changing the module's dtype (for example
+    with ``module.double()``) re-orthogonalises the matrix in the new dtype:
+    a float32 matrix cast to float64 is orthogonal only to about 1e-7, which
+    would spoil float64 round trips.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of features to mix.
+    generator : torch.Generator, default=None
+        Source of the matrix.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skvae.nn.coupling import FixedOrthogonal
+    >>> mix = FixedOrthogonal(3, generator=torch.Generator().manual_seed(0))
+    >>> x = torch.randn(2, 3)
+    >>> y, log_det = mix(x)
+    >>> torch.allclose(y.norm(dim=1), x.norm(dim=1)), log_det
+    (True, tensor([0., 0.]))
+    """
+
+    def __init__(self, n_features, generator=None):
+        super().__init__()
+        gaussian = torch.randn(n_features, n_features, generator=generator)
+        self.register_buffer("weight", _sign_corrected_q(gaussian))
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module funnels every dtype and device move through _apply.
+        dtype = self.weight.dtype
+        super()._apply(fn, recurse)
+        if self.weight.dtype != dtype:
+            self.weight = _sign_corrected_q(self.weight)
+        return self
+
+    def forward(self, x):
+        """Rotate the rows of ``x``; the log-determinant is zero."""
+        return x @ self.weight, x.new_zeros(x.shape[0])
+
+    def inverse(self, y):
+        """Undo the rotation."""
+        return y @ self.weight.T

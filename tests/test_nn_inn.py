@@ -1,0 +1,282 @@
+"""Tests of the invertible blocks, the invertible network and its autoencoder."""
+
+import pytest
+import torch
+
+from skvae.nn.coupling import (
+    AffineCoupling,
+    FixedOrthogonal,
+    FixedPermutation,
+    soft_clamp,
+)
+from skvae.nn.inn import INNAutoencoderModule, InvertibleNetwork
+
+SMALL = {"subnet_layers": (8, 8)}
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randomise_(module, seed, scale=0.5):
+    """Replace every parameter (zero last layers included) by seeded noise."""
+    generator = seeded(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            param.copy_(scale * noise)
+    return module
+
+
+def rows(n_rows, n_features, dtype=torch.float64, seed=0):
+    return torch.randn(n_rows, n_features, generator=seeded(seed), dtype=dtype)
+
+
+def jacobian_log_dets(function, x):
+    """log|det J| of a map of rows at each row of ``x``, from autograd."""
+    return torch.stack(
+        [
+            torch.linalg.slogdet(
+                torch.autograd.functional.jacobian(lambda r: function(r[None])[0], row)
+            ).logabsdet
+            for row in x
+        ]
+    )
+
+
+def test_soft_clamp_is_bounded_odd_and_follows_its_formula():
+    clamp = 2.0
+    a = torch.tensor([-1e8, -5.0, 0.0, clamp, 5.0, 1e8], dtype=torch.float64)
+    out = soft_clamp(a, clamp)
+    assert out.abs().max() < clamp
+    assert out[-1] > clamp - 1e-6
+    torch.testing.assert_close(soft_clamp(-a, clamp), -out)
+    # atan(1) = pi / 4, so the clamp maps itself to half its value.
+    assert out[3].item() == pytest.approx(clamp / 2)
+    assert torch.all(out.diff() > 0)
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3, 5])
+def test_coupling_and_one_block_network_are_identity_at_initialisation(n_features):
+    x = rows(6, n_features, torch.float32)
+    y, log_det = AffineCoupling(n_features, **SMALL, generator=seeded(0))(x)
+    assert torch.equal(y, x)
+    assert torch.equal(log_det, torch.zeros(6))
+    y, log_dets = InvertibleNetwork(n_features, 1, **SMALL, generator=seeded(0))(x)
+    assert torch.equal(y, x)
+    assert torch.equal(log_dets, torch.zeros(6, 1))
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3, 5])
+@pytest.mark.parametrize("mixing", ["permutation", "orthogonal"])
+def test_network_round_trip(n_features, mixing):
+    net = InvertibleNetwork(n_features, 3, **SMALL, mixing=mixing, generator=seeded(0))
+    randomise_(net, seed=1, scale=0.3)
+    x32 = rows(50, n_features, torch.float32)
+    y32, _ = net(x32)
+    assert (y32 - x32).abs().max() > 0.1
+    assert (net.inverse(y32) - x32).abs().max() < 1e-4
+    net.double()
+    x64 = x32.double()
+    y64, log_dets = net(x64)
+    assert y64.dtype == log_dets.dtype == torch.float64
+    assert (net.inverse(y64) - x64).abs().max() < 1e-10
+    assert (net(net.inverse(x64))[0] - x64).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3, 5])
+def test_block_log_dets_match_autograd_jacobian(n_features):
+    generator = seeded(0)
+    coupling = AffineCoupling(n_features, **SMALL, generator=generator)
+    blocks = [
+        randomise_(coupling.double(), seed=2),
+        FixedPermutation(n_features, generator=generator),
+        FixedOrthogonal(n_features, generator=generator).double(),
+    ]
+    x = rows(4, n_features)
+    for block in blocks:
+        expected = jacobian_log_dets(lambda h, block=block: block(h)[0], x)
+        torch.testing.assert_close(block(x)[1], expected, rtol=0, atol=1e-10)
+    assert coupling(x)[1].abs().min() > 0.01
+
+
+@pytest.mark.parametrize("mixing", ["permutation", "orthogonal"])
+def test_network_log_dets_per_block_match_autograd_jacobian(mixing):
+    net = InvertibleNetwork(3, n_blocks=3, **SMALL, mixing=mixing, generator=seeded(0))
+    randomise_(net.double(), seed=3)
+    x = rows(4, 3)
+    outputs, log_dets = net.layer_outputs(x)
+    assert len(outputs) == 4
+    torch.testing.assert_close(outputs[0], x)
+    torch.testing.assert_close(outputs[-1], net(x)[0])
+    torch.testing.assert_close(log_dets, net(x)[1])
+    for i, coupling in enumerate(net.couplings):
+        mixing_layer = net.mixings[i] if i < len(net.mixings) else None
+
+        def block(h, coupling=coupling, mixing_layer=mixing_layer):
+            y = coupling(h)[0]
+            return y if mixing_layer is None else mixing_layer(y)[0]
+
+        expected = jacobian_log_dets(block, outputs[i])
+        torch.testing.assert_close(log_dets[:, i], expected, rtol=0, atol=1e-10)
+    expected = jacobian_log_dets(lambda h: net(h)[0], x)
+    torch.testing.assert_close(log_dets.sum(1), expected, rtol=0, atol=1e-10)
+
+
+def test_orthogonal_mixing_stays_orthogonal_in_float64():
+    mix = FixedOrthogonal(6, generator=seeded(0)).double()
+    eye = torch.eye(6, dtype=torch.float64)
+    assert (mix.weight.T @ mix.weight - eye).abs().max() < 1e-13
+
+
+def test_orthogonal_mixing_is_haar_distributed():
+    # Without the sign correction, QR fixes the sign of the first entry.
+    first = torch.stack(
+        [FixedOrthogonal(3, generator=seeded(seed)).weight[0, 0] for seed in range(400)]
+    )
+    assert first.mean().abs() < 0.1
+    assert 0.4 < (first > 0).double().mean() < 0.6
+
+
+def test_permutation_is_a_permutation():
+    perm = FixedPermutation(7, generator=seeded(0))
+    x = rows(2, 7)
+    y, _ = perm(x)
+    assert not torch.equal(y, x)
+    torch.testing.assert_close(y.sort(dim=1).values, x.sort(dim=1).values)
+    assert torch.equal(perm.inverse(y), x)
+
+
+def test_parameter_count_does_not_depend_on_n_components():
+    counts = {
+        sum(p.numel() for p in INNAutoencoderModule(5, k, **SMALL).parameters())
+        for k in range(1, 6)
+    }
+    assert len(counts) == 1
+
+
+def test_autoencoder_is_exact_when_nothing_is_discarded():
+    inn = INNAutoencoderModule(4, 4, n_blocks=2, **SMALL, generator=seeded(0))
+    randomise_(inn.double(), seed=4)
+    x = rows(10, 4)
+    assert (inn.encode(x) - x).abs().max() > 0.1
+    assert (inn.decode(inn.encode(x)) - x).abs().max() < 1e-10
+
+
+def test_density_integrates_to_one_in_2d():
+    inn = INNAutoencoderModule(
+        2, 1, n_blocks=2, **SMALL, discarded_std=0.5, generator=seeded(1)
+    )
+    randomise_(inn.double(), seed=1)
+    half_width = 12.0
+    axis = torch.linspace(-half_width, half_width, 400, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        mass = (inn.log_prob(grid).exp().sum() * (axis[1] - axis[0]) ** 2).item()
+        samples = inn.sample(20000, seeded(0))
+        log_dets = inn.net(samples)[1].sum(1)
+    # The box must hold the mass, and the map must not preserve volume, for
+    # the test to mean anything.
+    inside = (samples.abs().max(1).values < half_width).double().mean().item()
+    assert inside > 0.999
+    assert log_dets.std() > 0.2
+    assert mass == pytest.approx(1.0, abs=0.02)
+
+
+def test_density_integrates_to_one_with_one_feature():
+    inn = randomise_(INNAutoencoderModule(1, 1, n_blocks=3).double(), seed=6)
+    x = torch.linspace(-30, 30, 20001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        density = inn.log_prob(x).exp()
+    assert density[[0, -1]].max() < 1e-8
+    assert torch.trapezoid(density, x[:, 0]).item() == pytest.approx(1.0, abs=1e-6)
+    # Three affine maps compose to one: the density is a non-standard Gaussian.
+    assert inn.net(x[:1])[1].sum().abs() > 0.1
+
+
+@pytest.mark.parametrize("n_features", [1, 3])
+def test_samples_follow_the_prior_in_latent_space(n_features):
+    inn = INNAutoencoderModule(n_features, 1, **SMALL, generator=seeded(0))
+    randomise_(inn, seed=7)
+    samples = inn.sample(4000, seeded(0))
+    assert samples.shape == (4000, n_features)
+    assert samples.dtype == torch.float32
+    torch.testing.assert_close(inn.sample(4000, seeded(0)), samples)
+    y = inn.net(samples)[0].detach()
+    assert (y[:, 0].std() - 1).abs() < 0.05
+    if n_features > 1:
+        assert (y[:, 1:].std(0) - 0.01).abs().max() < 0.001
+
+
+@pytest.mark.parametrize("reconstruction_loss", ["l1", "mse"])
+def test_loss_is_the_documented_combination(reconstruction_loss):
+    inn = INNAutoencoderModule(
+        3,
+        2,
+        n_blocks=2,
+        **SMALL,
+        reconstruction_loss=reconstruction_loss,
+        likelihood_weight=0.3,
+        generator=seeded(0),
+    )
+    randomise_(inn.double(), seed=8)
+    x = rows(5, 3)
+    residual = x - inn.decode(inn.encode(x))
+    error = residual.abs() if reconstruction_loss == "l1" else residual.square()
+    assert error.sum(1).min() > 1e-3
+    loss = inn.loss(x, None)
+    torch.testing.assert_close(loss, (error.sum(1) - 0.3 * inn.log_prob(x)) / 3)
+    loss.mean().backward()
+    for param in inn.parameters():
+        assert torch.isfinite(param.grad).all()
+        assert param.grad.abs().max() > 0
+
+
+def test_reconstruction_gradient_flows_through_the_encoder_too():
+    inn = INNAutoencoderModule(
+        3, 1, n_blocks=2, **SMALL, likelihood_weight=0.0, generator=seeded(0)
+    )
+    randomise_(inn.double(), seed=11)
+    x = rows(5, 3).requires_grad_()
+    inn.loss(x, None).sum().backward()
+    residual = x - inn.decode(inn.encode(x))
+    # With the code detached, the gradient would be sign(residual) / 3.
+    assert (x.grad - residual.sign() / 3).abs().max() > 0.01
+
+
+def test_log_prob_is_the_change_of_variables():
+    inn = INNAutoencoderModule(3, 1, **SMALL, generator=seeded(0))
+    randomise_(inn.double(), seed=9)
+    x = rows(4, 3)
+    y = inn.net(x)[0]
+    kept = torch.distributions.Normal(0.0, 1.0).log_prob(y[:, :1]).sum(1)
+    discarded = torch.distributions.Normal(0.0, 0.01).log_prob(y[:, 1:]).sum(1)
+    expected = kept + discarded + jacobian_log_dets(lambda h: inn.net(h)[0], x)
+    torch.testing.assert_close(inn.log_prob(x, seeded(0)), expected)
+
+
+def test_one_feature_works_end_to_end():
+    inn = randomise_(INNAutoencoderModule(1, 1, **SMALL), seed=10)
+    x = rows(7, 1, torch.float32)
+    code = inn.encode(x)
+    assert code.shape == (7, 1)
+    assert (code - x).abs().max() > 0.1
+    assert (inn.decode(code) - x).abs().max() < 1e-4
+    assert inn.loss(x, None).shape == inn.log_prob(x, None).shape == (7,)
+    assert inn.sample(3, seeded(0)).shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_components": 0}, "n_components"),
+        ({"n_components": 4}, "n_components"),
+        ({"n_blocks": 0}, "n_blocks"),
+        ({"mixing": "shuffle"}, "mixing"),
+        ({"reconstruction_loss": "huber"}, "reconstruction_loss"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    params = {"n_features": 3, "n_components": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        INNAutoencoderModule(**params)
