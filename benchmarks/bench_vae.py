@@ -17,14 +17,18 @@ from functools import partial
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
+from _common import (
+    MACHINE,
+    dequantized_digits_split,
+    digits_split,
+    paired_fit_ratio,
+    reconstruction_mse,
+)
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
-from sklearn.model_selection import train_test_split
 
 from skvae import VAETransformer
-from skvae.datasets import load_digits_dequantized
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 
@@ -37,49 +41,22 @@ SETTINGS = dict(
 )
 
 
-def dequantized_split():
-    X = load_digits_dequantized(random_state=0).data
-    return train_test_split(X, test_size=0.2, random_state=0)
-
-
-def torch_loop(module, X, epochs, batch_size, lr, seed):
-    """The hand-written loop a PyTorch user would write for the same model."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
-    X = torch.from_numpy(X)
-    for _ in range(epochs):
-        X_epoch = X[torch.randperm(len(X), generator=generator)]
-        total = 0.0
-        for start in range(0, len(X_epoch), batch_size):
-            loss = module.loss(X_epoch[start : start + batch_size], generator).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-    return module
-
-
 def bench_fit(repeats, epochs):
-    X = dequantized_split()[0].astype(np.float32)
-    ratios, times = [], []
-    for repeat in range(repeats):
-        est = VAETransformer(
-            **SETTINGS, max_iter=epochs, n_iter_no_change=epochs, random_state=repeat
-        )
-        start = time.perf_counter()
-        est.fit(X)
-        t_est = time.perf_counter() - start
-        module = est._build_module(X.shape[1], torch.Generator().manual_seed(repeat))
-        start = time.perf_counter()
-        torch_loop(module, X, epochs, SETTINGS["batch_size"], 1e-3, repeat)
-        t_loop = time.perf_counter() - start
-        ratios.append(t_est / t_loop)
-        times.append((t_est, t_loop))
-    return np.median(ratios), np.median(times, axis=0), ratios
+    X = dequantized_digits_split()[0].astype(np.float32)
+    return paired_fit_ratio(
+        lambda seed: VAETransformer(
+            **SETTINGS, max_iter=epochs, n_iter_no_change=epochs, random_state=seed
+        ),
+        X,
+        epochs,
+        SETTINGS["batch_size"],
+        SETTINGS["learning_rate_init"],
+        repeats,
+    )
 
 
 def bench_inference(repeats, n_rows, n_importance_samples):
-    X_small = dequantized_split()[0]
+    X_small = dequantized_digits_split()[0]
     est = VAETransformer(
         **SETTINGS,
         max_iter=2,
@@ -143,7 +120,7 @@ def _bare_score(module, x, chunk, n_importance_samples, make_generator):
 
 
 def bench_loglik(epochs, n_importance_samples):
-    X_train, X_test = dequantized_split()
+    X_train, X_test = dequantized_digits_split()
     start = time.perf_counter()
     vae = VAETransformer(
         **SETTINGS,
@@ -170,8 +147,7 @@ def bench_loglik(epochs, n_importance_samples):
 
 
 def bench_reconstruction(epochs):
-    X = load_digits().data / 16
-    X_train, X_test = train_test_split(X, test_size=0.2, random_state=0)
+    X_train, X_test = digits_split()
     rows = []
     for k in (2, 5, 10, 20):
         pca = PCA(k).fit(X_train)
@@ -182,12 +158,10 @@ def bench_reconstruction(epochs):
             n_iter_no_change=epochs,
             random_state=0,
         ).fit(X_train)
-        rows.append((k, _mse(vae, X_test), _mse(pca, X_test)))
+        rows.append(
+            (k, reconstruction_mse(vae, X_test), reconstruction_mse(pca, X_test))
+        )
     return rows
-
-
-def _mse(model, X):
-    return float(np.mean((model.inverse_transform(model.transform(X)) - X) ** 2))
 
 
 def main():
@@ -196,6 +170,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=300)
     args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d')}, {MACHINE}, torch {torch.__version__}\n")
     if args.part == "speed":
         ratio, (t_est, t_loop), ratios = bench_fit(args.repeats, epochs=50)
         print("| measurement | skvae (s) | plain torch (s) | median ratio |")

@@ -98,6 +98,7 @@ class BaseLatentEstimator(
             # keeps the caller's global random stream untouched.
             with torch.random.fork_rng(devices=[]):
                 module = self._build_module(X.shape[1], init_generator)
+            module.initialize_from_data(X_train.to("cpu"))
             net = build_net(
                 module.to(device),
                 generator=torch.Generator(device=device).manual_seed(int(train_seed)),

@@ -2,7 +2,7 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skvae import INNAutoencoder, VAETransformer
+from skvae import INNAutoencoder, IsometricVAE, VAETransformer
 
 # Small networks and few epochs keep the checks fast; the checks themselves
 # are scikit-learn's, none skipped or expected to fail.
@@ -11,6 +11,7 @@ ESTIMATORS = [
         encoder_layers=(8,), max_iter=5, batch_size=32, n_importance_samples=8
     ),
     INNAutoencoder(n_blocks=2, subnet_layers=(8,), max_iter=5, batch_size=32),
+    IsometricVAE(encoder_layers=(8,), max_iter=5, batch_size=32),
 ]
 
 

@@ -132,9 +132,9 @@ def test_orthogonal_mixing_stays_orthogonal_in_float64():
 def test_orthogonal_mixing_is_haar_distributed():
     # Without the sign correction, QR fixes the sign of the first entry.
     first = torch.stack(
-        [FixedOrthogonal(3, generator=seeded(seed)).weight[0, 0] for seed in range(400)]
+        [FixedOrthogonal(3, generator=seeded(seed)).weight[0, 0] for seed in range(200)]
     )
-    assert first.mean().abs() < 0.1
+    assert first.mean().abs() < 0.15
     assert 0.4 < (first > 0).double().mean() < 0.6
 
 
@@ -222,10 +222,14 @@ def test_loss_is_the_documented_combination(reconstruction_loss):
     randomise_(inn.double(), seed=8)
     x = rows(5, 3)
     residual = x - inn.decode(inn.encode(x))
-    error = residual.abs() if reconstruction_loss == "l1" else residual.square()
-    assert error.sum(1).min() > 1e-3
+    assert residual.abs().sum(1).min() > 1e-3
+    if reconstruction_loss == "l1":
+        # Laplace noise of scale discarded_std, up to a constant.
+        error = residual.abs().sum(1) / 0.01
+    else:
+        error = residual.square().sum(1) / (2 * 0.01**2)
     loss = inn.loss(x, None)
-    torch.testing.assert_close(loss, (error.sum(1) - 0.3 * inn.log_prob(x)) / 3)
+    torch.testing.assert_close(loss, (error - 0.3 * inn.log_prob(x)) / 3)
     loss.mean().backward()
     for param in inn.parameters():
         assert torch.isfinite(param.grad).all()
@@ -240,8 +244,8 @@ def test_reconstruction_gradient_flows_through_the_encoder_too():
     x = rows(5, 3).requires_grad_()
     inn.loss(x, None).sum().backward()
     residual = x - inn.decode(inn.encode(x))
-    # With the code detached, the gradient would be sign(residual) / 3.
-    assert (x.grad - residual.sign() / 3).abs().max() > 0.01
+    # With the code detached, the gradient would be sign(residual) / (3 * 0.01).
+    assert (x.grad - residual.sign() / 0.03).abs().max() > 1.0
 
 
 def test_log_prob_is_the_change_of_variables():

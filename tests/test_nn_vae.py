@@ -110,7 +110,9 @@ def test_initialisation_depends_on_the_generator_alone(likelihood):
     def build(seed):
         torch.manual_seed(seed)  # the global seed must not matter
         g = torch.Generator().manual_seed(0)
-        return GaussianVAE(3, 2, encoder_layers=(5,), likelihood=likelihood, generator=g)
+        return GaussianVAE(
+            3, 2, encoder_layers=(5,), likelihood=likelihood, generator=g
+        )
 
     a, b = build(1), build(2)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):

@@ -16,7 +16,7 @@ def _batches(n_rows, batch_size, shuffle, seed=0):
 def test_each_epoch_visits_every_row_once_in_slices():
     iterator, batches = _batches(10, 4, shuffle=True)
     assert [len(b) for b in batches] == [4, 4, 2] and len(iterator) == 3
-    assert sorted(sum(batches, [])) == list(range(10))
+    assert sorted(row for batch in batches for row in batch) == list(range(10))
 
 
 def test_shuffling_is_seeded_and_changes_between_epochs():

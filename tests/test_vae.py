@@ -60,6 +60,9 @@ def test_linear_vae_matches_pca_log_likelihood():
 
 
 def test_density_integrates_to_one_in_2d():
+    # exp(IWAE) is unbiased for p(x) only on average over the draws; with one
+    # fixed set, heavy-tailed weights need K in the thousands for a 5% check
+    # (measured: mass 1.061 at K=200, 1.006 at K=1000, 0.994 at K=3000).
     rng = np.random.default_rng(0)
     angle = rng.uniform(0, 2 * np.pi, 2000)
     X = np.c_[np.cos(angle), np.sin(angle)] + 0.15 * rng.normal(size=(2000, 2))
@@ -68,7 +71,7 @@ def test_density_integrates_to_one_in_2d():
         encoder_layers=(32, 32),
         max_iter=150,
         learning_rate_init=3e-3,
-        n_importance_samples=200,
+        n_importance_samples=1000,
         random_state=0,
     ).fit(X)
     edges = np.linspace(-2.5, 2.5, 201)

@@ -12,6 +12,12 @@ class LatentVariableModel(nn.Module):
     Randomness always comes from an explicit ``torch.Generator``.
     """
 
+    def initialize_from_data(self, x):
+        """Adapt the initial parameters to the training rows ``x``.
+
+        Called once before training; the default changes nothing.
+        """
+
     def loss(self, x, generator):
         """Per-row training objective to minimise, shape ``(n_rows,)``."""
         raise NotImplementedError

@@ -154,19 +154,22 @@ class INNAutoencoderModule(LatentVariableModel):
     the network: ``log p(x) = log p(y) + log|det dy/dx|``. The zero padding of
     the decoder is the mode of the discarded part.
 
-    The training loss of a row is, in units per feature,
+    The training loss of a row, in nats per feature, is
 
-    ``loss = (error(x, decode(encode(x))) + likelihood_weight * -log p(x))
-    / n_features``
+    ``loss = (reconstruction - likelihood_weight * log p(x)) / n_features``
 
-    where ``error`` is the L1 or squared error summed over features. Both terms
-    are sums over features, so their balance does not depend on
-    ``n_features``, and dividing by it keeps learning rates comparable across
-    data widths. The reconstruction term is the autoencoder objective of the
-    paper; the likelihood term plays the part of its ``mean(y_discarded**2)``
-    penalty (here weighted by ``1 / (2 discarded_std**2)``) and in addition
-    shapes the code towards ``N(0, I)`` and makes :meth:`log_prob` a fitted
-    density. Gradients flow through both directions of the network.
+    where ``reconstruction`` scores the residual ``x - decode(encode(x))`` as
+    noise of the scale ``discarded_std`` the prior gives the discarded entries
+    of ``y``: ``sum(|residual|) / discarded_std`` (Laplace, "l1") or
+    ``sum(residual**2) / (2 discarded_std**2)`` (Gaussian, "mse"), up to
+    constants. A residual and a discarded entry of the same size then cost
+    about the same, so neither term drowns the other at the default weight;
+    both are sums over features, so the balance does not depend on
+    ``n_features``. The reconstruction term is the autoencoder objective of
+    the paper, whose ``mean(y_discarded**2)`` penalty is part of ``-log p(x)``
+    here; the likelihood term also shapes the code towards ``N(0, I)`` and
+    makes :meth:`log_prob` a fitted density. Gradients flow through both
+    directions of the network. The scale of the data matters: standardise it.
 
     Parameters
     ----------
@@ -188,9 +191,11 @@ class INNAutoencoderModule(LatentVariableModel):
         Absolute or squared reconstruction error.
     likelihood_weight : float, default=1.0
         Weight of the negative log-likelihood in the loss; 0 gives the pure
-        autoencoder. :meth:`log_prob` does not depend on it.
+        autoencoder, larger values a better density at the cost of
+        reconstruction. :meth:`log_prob` does not depend on it.
     discarded_std : float, default=0.01
-        Standard deviation of the prior on the discarded entries of ``y``.
+        Standard deviation of the prior on the discarded entries of ``y``, and
+        the noise scale of the reconstruction term of the loss.
     generator : torch.Generator, default=None
         Source of randomness for the initial weights and the mixing layers.
 
@@ -261,12 +266,13 @@ class INNAutoencoderModule(LatentVariableModel):
     def loss(self, x, generator):
         y, log_dets = self.net(x)
         x_hat = self.net.inverse(self._pad(y[:, : self.n_components]))
+        residual = (x - x_hat) / self.discarded_std
         if self.reconstruction_loss == "l1":
-            error = (x - x_hat).abs().sum(1)
+            reconstruction = residual.abs().sum(1)
         else:
-            error = (x - x_hat).square().sum(1)
+            reconstruction = 0.5 * residual.square().sum(1)
         log_prob = self._prior_log_prob(y) + log_dets.sum(1)
-        return (error - self.likelihood_weight * log_prob) / self.n_features
+        return (reconstruction - self.likelihood_weight * log_prob) / self.n_features
 
     def encode(self, x):
         return self.net(x)[0][:, : self.n_components]

@@ -21,6 +21,8 @@ ENCODER_LOG_VAR_RANGE = (-30.0, 10.0)
 # A learned decoder variance may not shrink below 1e-6: a Gaussian whose
 # variance collapses onto a data point has unbounded likelihood.
 DECODER_LOG_VAR_MIN = math.log(1e-6)
+# Share of each feature's variance a learned decoder variance starts at.
+INITIAL_VARIANCE_FRACTION = 0.3
 
 
 class GaussianVAE(LatentVariableModel):
@@ -100,6 +102,33 @@ class GaussianVAE(LatentVariableModel):
             )
             self.decoder_log_var_raw.requires_grad_(False)
         self.learned_variance = decoder_variance == "learned"
+
+    def initialize_from_data(self, x, variance_fraction=INITIAL_VARIANCE_FRACTION):
+        """Start centred on the data, with a decoder that must use its code.
+
+        The encoder's first layer is shifted to see centred rows and the
+        decoder's output starts at the data mean (for a Bernoulli decoder, at
+        its logit), so training need not first learn the offset. A learned
+        decoder variance starts at ``variance_fraction`` of each feature's
+        variance: started at 1, a decoder explains the data as noise, every
+        latent collapses and stays collapsed for hundreds of epochs.
+        """
+        mean = x.mean(0)
+        with torch.no_grad():
+            first, last = self.encoder[0], self.decoder[-1]
+            first.bias -= first.weight @ mean
+            if self.likelihood == "bernoulli":
+                last.bias.copy_(torch.logit(mean, eps=1e-4))
+            else:
+                last.bias.copy_(mean)
+            if self.likelihood == "gaussian" and self.learned_variance:
+                variance = variance_fraction * x.var(0, correction=0)
+                log_var = torch.log(variance.clamp_min(1e-5))
+                # Invert soft_lower_bound so that decoder_log_var == log_var.
+                excess = log_var - DECODER_LOG_VAR_MIN
+                self.decoder_log_var_raw.copy_(
+                    DECODER_LOG_VAR_MIN + excess + torch.log(-torch.expm1(-excess))
+                )
 
     @property
     def decoder_log_var(self):
