@@ -42,12 +42,13 @@ def main(argv=None):
     rows = [
         ("VAETransformer (10 latents)", vae.score(X_test), _mse(vae, X_test)),
         ("PCA (10 components)", pca.score(X_test), _mse(pca, X_test)),
-        ("GaussianMixture (5 components)", gmm.score(X_test), float("nan")),
+        ("GaussianMixture (5 components)", gmm.score(X_test), None),
     ]
     print(f"\nDequantized digits, {len(X_test)} held-out rows")
     print(f"{'model':<32}{'log-likelihood (nats)':>24}{'reconstruction MSE':>22}")
     for name, loglik, mse in rows:
-        print(f"{name:<32}{loglik:>24.1f}{mse:>22.4f}")
+        mse_text = "n/a" if mse is None else f"{mse:.4f}"
+        print(f"{name:<32}{loglik:>24.1f}{mse_text:>22}")
     print(f"\nVAETransformer trained {vae.n_iter_} epochs in {fit_seconds:.0f} s.")
 
 
