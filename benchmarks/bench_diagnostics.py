@@ -30,6 +30,8 @@ import warnings
 
 import numpy as np
 import torch
+from scipy.linalg import orthogonal_procrustes
+from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
 
 from skvae import VAETransformer
@@ -45,6 +47,24 @@ warnings.simplefilter("ignore", ConvergenceWarning)
 
 MACHINE = "2-core CPU, no GPU"
 AUTHORS_MCC = {1e-1: 0.15, 1e-3: 0.71, 1e-4: 0.96, 1e-5: 0.96}
+
+
+def mcc_after_best_rotation(S, Z):
+    """MCC once the codes are rotated onto the sources (an oracle).
+
+    With a standard normal prior the ideal codes are the Gaussianised sources
+    ``norm.ppf(S + 0.5)``; the prior is rotation invariant, so only the IMA
+    contrast tells a rotation of them from the sources. Rotating the
+    standardised codes onto the standardised Gaussianised sources (orthogonal
+    Procrustes, which uses the truth) measures recovery up to rotation.
+    """
+    Z, G = _standardise(Z), _standardise(norm.ppf(S + 0.5))
+    rotation, _ = orthogonal_procrustes(Z, G)
+    return mean_correlation_coefficient(S, Z @ rotation).score
+
+
+def _standardise(A):
+    return (A - A.mean(0)) / A.std(0)
 
 
 def bench_mobius(seeds, n_train, n_test, decoder_variances, epochs):
@@ -68,11 +88,11 @@ def bench_mobius(seeds, n_train, n_test, decoder_variances, epochs):
             vae.fit(X_train)
             fit_time = time.perf_counter() - start
             consistency = self_consistency(vae, X_test, random_state=seed)
+            Z_test = vae.transform(X_test)
             results[variance].append(
                 {
-                    "mcc": mean_correlation_coefficient(
-                        S_test, vae.transform(X_test)
-                    ).score,
+                    "mcc": mean_correlation_coefficient(S_test, Z_test).score,
+                    "rotated_mcc": mcc_after_best_rotation(S_test, Z_test),
                     "c_ima": ima_contrast(vae, X_test).global_contrast,
                     "x_error": consistency.reconstruction_error.mean()
                     / X_test.var(0).sum(),
@@ -137,16 +157,18 @@ def _mean(rows, key):
 
 def print_mobius(results, seeds):
     print(
-        "| decoder variance | MCC, mean (min-max) | authors' MCC | mean c_IMA | "
-        "rel. x error | rel. z error | epochs (median) | fit time, s (median) |"
+        "| decoder variance | MCC, mean (min-max) | authors' MCC | MCC after best "
+        "rotation | mean c_IMA | rel. x error | rel. z error | epochs (median) | "
+        "fit time, s (median) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variance, rows in results.items():
         mcc = [row["mcc"] for row in rows]
         authors = AUTHORS_MCC.get(variance)
         print(
             f"| {variance:g} | {np.mean(mcc):.2f} ({min(mcc):.2f}-{max(mcc):.2f}) | "
-            f"{'' if authors is None else authors} | {_mean(rows, 'c_ima'):.3f} | "
+            f"{'' if authors is None else authors} | "
+            f"{_mean(rows, 'rotated_mcc'):.2f} | {_mean(rows, 'c_ima'):.3f} | "
             f"{_mean(rows, 'x_error'):.1e} | {_mean(rows, 'z_error'):.1e} | "
             f"{np.median([r['epochs'] for r in rows]):.0f} | "
             f"{np.median([r['time'] for r in rows]):.0f} |"

@@ -204,11 +204,11 @@ def ima_contrast(est, X=None, *, Z=None):
 
     References
     ----------
-    .. [1] L. Gresele, J. von Kügelgen, V. Stimper, B. Schölkopf and
-       M. Besserve, "Independent mechanism analysis, a new concept?",
+    .. [1] L. Gresele, J. von Kügelgen, V. Stimper, B. Schölkopf and M.
+       Besserve, "Independent mechanism analysis, a new concept?",
        NeurIPS 2021.
-    .. [2] P. Reizinger, L. Gresele, J. Brady, J. von Kügelgen, D. Zietlow,
-       B. Schölkopf, G. Martius, W. Brendel and M. Besserve, "Embrace the Gap:
+    .. [2] P. Reizinger, L. Gresele, J. Brady, J. von Kügelgen, D. Zietlow, B.
+       Schölkopf, G. Martius, W. Brendel and M. Besserve, "Embrace the Gap:
        VAEs Perform Independent Mechanism Analysis", NeurIPS 2022.
 
     Examples
