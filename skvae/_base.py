@@ -20,7 +20,7 @@ from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ._training import build_net, stopped_early, validation_split
+from ._training import build_net, prepare_run, stopped_early
 
 FLOAT_DTYPES = (np.float64, np.float32)
 _SEED_BOUND = np.iinfo(np.int32).max
@@ -63,6 +63,9 @@ class BaseLatentEstimator(
     def _check_data_domain(self, X):
         """Reject values the model's likelihood cannot describe."""
 
+    def _after_training(self, X):
+        """Set fitted attributes derived from the trained model and its rows."""
+
     @property
     def _n_features_out(self):
         check_is_fitted(self)
@@ -84,26 +87,73 @@ class BaseLatentEstimator(
         self : object
             The fitted estimator.
         """
-        first_pass = not (self.warm_start and hasattr(self, "net_"))
-        X = self._validate(X, reset=first_pass)
+        resume = self.warm_start and hasattr(self, "module_")
+        epochs_run = self._train(
+            X, self.max_iter, resume=resume, hold_out=self.early_stopping
+        )
+        self._warn_if_unfinished(self.net_, epochs_run)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, epochs=1):
+        """Train on one chunk of rows, continuing from the previous call.
+
+        For data that does not fit in memory: call it on successive chunks
+        (for example slices of a :class:`numpy.memmap`), as many passes over
+        the chunks as needed. The weights and the optimiser's state carry
+        over from call to call; the first call initialises the model from
+        its chunk. ``early_stopping``, ``max_iter`` and ``warm_start`` do not
+        apply; training stops within a call only if the loss on the chunk
+        stops improving for ``n_iter_no_change`` epochs.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            One chunk of training rows; at least two on the first call.
+        y : None
+            Ignored; present for API consistency.
+        epochs : int, default=1
+            Passes over this chunk.
+
+        Returns
+        -------
+        self : object
+            The estimator, trained on one more chunk.
+        """
+        check_scalar(epochs, "epochs", Integral, min_val=1)
+        self._train(X, epochs, resume=hasattr(self, "module_"), hold_out=False)
+        return self
+
+    def _train(self, X, epochs, resume, hold_out):
+        """Build the net unless resuming, train ``epochs`` epochs, and set the
+        fitted attributes. Returns the number of epochs run."""
+        X = self._validate(X, reset=not resume)
         device = self._torch_device()
         rng = check_random_state(self.random_state)
         init_seed, train_seed, score_seed = rng.randint(_SEED_BOUND, size=3)
         init_generator = torch.Generator().manual_seed(int(init_seed))
-        X_train, X_valid = self._split(self._to_tensor(X, device), init_generator)
+        X_train, X_valid = self._split(
+            self._to_tensor(X, device), init_generator, hold_out
+        )
 
-        if first_pass:
+        if not resume:
             # Layers draw throw-away initial weights from the global generator
             # before _build_module re-draws them from init_generator; forking
             # keeps the caller's global random stream untouched.
             with torch.random.fork_rng(devices=[]):
                 module = self._build_module(X.shape[1], init_generator)
             module.initialize_from_data(X_train.to("cpu"))
+            self._score_seed = int(score_seed)
+        if hasattr(self, "net_") and resume:
+            net = self.net_
+            prepare_run(net, X_valid, epochs)
+        else:
+            # A model read by skvae.load resumes with a new optimiser.
             net = build_net(
-                module.to(device),
-                generator=torch.Generator(device=device).manual_seed(int(train_seed)),
+                (module if not resume else self.module_).to(device),
+                generator=torch.Generator().manual_seed(int(train_seed)),
                 X_valid=X_valid,
-                max_epochs=self.max_iter,
+                max_epochs=epochs,
                 batch_size=self.batch_size,
                 learning_rate=self.learning_rate_init,
                 n_iter_no_change=self.n_iter_no_change,
@@ -113,16 +163,10 @@ class BaseLatentEstimator(
                 callbacks=copy.deepcopy(self.callbacks or []),
             )
             net.initialize()
-            self._score_seed = int(score_seed)
-        else:
-            net = self.net_
-            if X_valid is not None:
-                net.set_params(train_split=validation_split(X_valid))
 
         epochs_before = len(net.history)
-        net.partial_fit(X_train, epochs=self.max_iter)
+        net.partial_fit(X_train, epochs=epochs)
         net.module_.eval()
-        self._warn_if_unfinished(net, len(net.history) - epochs_before)
 
         self.net_ = net
         self.module_ = net.module_
@@ -132,9 +176,12 @@ class BaseLatentEstimator(
         self.validation_loss_curve_ = (
             list(net.history[:, "valid_loss"]) if X_valid is not None else None
         )
-        return self
+        self._after_training(X)
+        return len(net.history) - epochs_before
 
     def _warn_if_unfinished(self, net, epochs_run):
+        # The warnings' stacklevel 4 points past this method, fit and the
+        # _fit_context wrapper, at the caller's line.
         if stopped_early(net):
             return
         if epochs_run < self.max_iter:
@@ -143,14 +190,14 @@ class BaseLatentEstimator(
                 "epochs; the model keeps the weights of the last finished epoch. "
                 "Call fit again with warm_start=True to resume.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
         else:
             warnings.warn(
                 f"{type(self).__name__}: maximum iterations ({self.max_iter}) "
                 "reached and the optimization hasn't converged yet.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
 
     def transform(self, X):
@@ -175,7 +222,7 @@ class BaseLatentEstimator(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_components)
+        X : array-like or sparse matrix of shape (n_samples, n_components)
             Codes, as returned by :meth:`transform`.
 
         Returns
@@ -184,12 +231,7 @@ class BaseLatentEstimator(
             Reconstructions, in the codes' floating-point dtype.
         """
         check_is_fitted(self)
-        Z = check_array(X, dtype=FLOAT_DTYPES, input_name="X")
-        if Z.shape[1] != self.n_components:
-            raise ValueError(
-                f"X has {Z.shape[1]} features, but inverse_transform expects "
-                f"codes with n_components={self.n_components} columns."
-            )
+        Z = self._validate_codes(X)
         return self._map_rows(_decode, Z, self.n_features_in_, Z.dtype)
 
     @abstractmethod
@@ -244,6 +286,20 @@ class BaseLatentEstimator(
             ]
         return self._to_numpy(torch.cat(chunks), np.float64)
 
+    def __getstate__(self):
+        # A copy: BaseEstimator returns the instance's own __dict__.
+        state = dict(super().__getstate__())
+        # module_ is net_.module_: left to skorch's own pickling, which maps
+        # CUDA tensors to the CPU when the model is unpickled without CUDA.
+        if "net_" in state:
+            state.pop("module_", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "net_" in state:
+            self.module_ = self.net_.module_
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -253,18 +309,31 @@ class BaseLatentEstimator(
     # -- helpers for subclasses ------------------------------------------------
 
     def _validate(self, X, reset):
-        X = validate_data(
-            self,
-            X,
-            accept_sparse="csr",
-            dtype=FLOAT_DTYPES,
-            ensure_min_samples=2 if reset else 1,
-            reset=reset,
-        )
+        with _quiet_finiteness_check():
+            X = validate_data(
+                self,
+                X,
+                accept_sparse="csr",
+                dtype=FLOAT_DTYPES,
+                ensure_min_samples=2 if reset else 1,
+                reset=reset,
+            )
         self._check_data_domain(X)
         return X
 
+    def _validate_codes(self, Z):
+        with _quiet_finiteness_check():
+            Z = check_array(Z, accept_sparse="csr", dtype=FLOAT_DTYPES, input_name="X")
+        if Z.shape[1] != self.n_components:
+            raise ValueError(
+                f"X has {Z.shape[1]} features, but inverse_transform expects "
+                f"codes with n_components={self.n_components} columns."
+            )
+        return Z
+
     def _torch_device(self):
+        if isinstance(self.device, str) and self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -273,9 +342,9 @@ class BaseLatentEstimator(
             raise ValueError(f"device={self.device!r} but no CUDA device is available.")
         return device
 
-    def _split(self, X, generator):
-        """Hold out ``validation_fraction`` of the rows when stopping early."""
-        if not self.early_stopping:
+    def _split(self, X, generator, hold_out):
+        """Hold out ``validation_fraction`` of the rows if ``hold_out``."""
+        if not hold_out:
             return X, None
         n_valid = max(1, round(self.validation_fraction * len(X)))
         if n_valid >= len(X):
@@ -288,8 +357,8 @@ class BaseLatentEstimator(
         return X[order[n_valid:]], X[order[:n_valid]]
 
     def _generator(self, seed):
-        device = next(self.module_.parameters()).device
-        return torch.Generator(device=device).manual_seed(seed)
+        # On the CPU whatever the device: see skvae.nn.gaussian.standard_normal.
+        return torch.Generator().manual_seed(seed)
 
     def _rows_per_chunk(self, floats_per_row):
         return max(1, self._inference_budget // max(1, floats_per_row))
@@ -340,6 +409,13 @@ class BaseLatentEstimator(
                 for start in range(0, X.shape[0], rows)
             ]
         return self._to_numpy(torch.cat(out), out_dtype)
+
+
+def _quiet_finiteness_check():
+    """scikit-learn tests finiteness on a sum, which warns when +inf meets -inf
+    or overflows before it raises its clear ValueError; only the error is
+    useful."""
+    return np.errstate(invalid="ignore", over="ignore")
 
 
 def _encode(module, x):

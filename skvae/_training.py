@@ -47,9 +47,7 @@ class TensorBatchIterator:
     def __iter__(self):
         X = self.X
         if self.shuffle:
-            order = torch.randperm(
-                len(X), generator=self.generator, device=self.generator.device
-            )
+            order = torch.randperm(len(X), generator=self.generator)
             X = X[order.to(X.device)]
         for start in range(0, len(X), self.batch_size):
             yield X[start : start + self.batch_size], None
@@ -93,7 +91,8 @@ class LatentModelNet(NeuralNet):
         self.generator = generator
 
     def infer(self, x, **fit_params):
-        return self.module_.loss(x, self.generator)
+        # Validation rows wait on the CPU (see validation_split).
+        return self.module_.loss(x.to(self.device), self.generator)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         return self.criterion_(y_pred)
@@ -201,13 +200,12 @@ def build_net(
     net : LatentModelNet
         Net ready for ``partial_fit`` (not yet initialised).
     """
-    monitor = "train_loss" if X_valid is None else "valid_loss"
     engine_callbacks = [
         ("divergence_guard", DivergenceGuard(learning_rate)),
         (
             "stop_criterion",
             _StopCriterion(
-                monitor=monitor,
+                monitor=_monitor(X_valid),
                 patience=n_iter_no_change,
                 threshold=tol,
                 threshold_mode="abs",
@@ -232,8 +230,33 @@ def build_net(
 
 
 def validation_split(X_valid):
-    """skorch ``train_split`` that validates on ``X_valid`` (None: no split)."""
-    return None if X_valid is None else predefined_split(Dataset(X_valid))
+    """skorch ``train_split`` that validates on ``X_valid`` (None: no split).
+
+    The rows are kept on the CPU, batches move to the device: a net pickled
+    on a GPU machine then holds no device tensor outside the ones skorch
+    itself maps to the CPU when unpickled without CUDA.
+    """
+    return None if X_valid is None else predefined_split(Dataset(X_valid.cpu()))
+
+
+def prepare_run(net, X_valid, epochs):
+    """Point a built net's validation, stopping and progress bar at a new run.
+
+    A resumed fit or a ``partial_fit`` may validate where the first run did
+    not (or the reverse), and may last a different number of epochs.
+    """
+    params = {
+        "train_split": validation_split(X_valid),
+        "callbacks__stop_criterion__monitor": _monitor(X_valid),
+        "callbacks__stop_criterion__load_best": X_valid is not None,
+    }
+    if "progress" in dict(net.callbacks_):
+        params["callbacks__progress__total"] = epochs
+    net.set_params(**params)
+
+
+def _monitor(X_valid):
+    return "train_loss" if X_valid is None else "valid_loss"
 
 
 def stopped_early(net):

@@ -36,10 +36,14 @@ class VAETransformer(BaseLatentEstimator):
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
         Decoder distribution. ``"bernoulli"`` needs data in [0, 1] and gives
         probabilities (a density only for binary data).
-    decoder_variance : "learned" or float, default="learned"
-        Variance of the Gaussian decoder: one learned value per feature, or
-        a fixed positive value. Small fixed values give the near-deterministic
-        regime in which the encoder inverts the decoder.
+    decoder_variance : {"learned", "heteroscedastic"} or float, default="learned"
+        Variance of the Gaussian decoder: one learned value per feature;
+        ``"heteroscedastic"``, a variance per feature that the decoder
+        outputs for each code beside the mean (the best density model when
+        the noise level differs between regions, such as background and
+        strokes of digits); or a fixed positive value. Small fixed values
+        give the near-deterministic regime in which the encoder inverts the
+        decoder.
     beta : float, default=1.0
         Weight of the KL term in the training loss (a beta-VAE). The model's
         density, and so :meth:`score_samples`, does not depend on it.
@@ -72,7 +76,10 @@ class VAETransformer(BaseLatentEstimator):
         Continue training the fitted model (weights and optimiser state) for
         ``max_iter`` more epochs on the next call to :meth:`fit`.
     device : str or torch.device, default="cpu"
-        Torch device to train and predict on.
+        Torch device to train and predict on; ``"auto"`` picks ``"cuda"``
+        when a GPU is available and ``"cpu"`` otherwise. Random draws are
+        made on the CPU and moved to the device, so a seed gives the same
+        draws on every device.
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks (learning-rate schedulers, checkpoints...);
         they are copied, not changed, by :meth:`fit`.
@@ -137,7 +144,7 @@ class VAETransformer(BaseLatentEstimator):
         "activation": [StrOptions(set(ACTIVATIONS))],
         "likelihood": [StrOptions({"gaussian", "bernoulli"})],
         "decoder_variance": [
-            StrOptions({"learned"}),
+            StrOptions({"learned", "heteroscedastic"}),
             Interval(Real, 0, None, closed="neither"),
         ],
         "beta": [Interval(Real, 0, None, closed="neither")],
@@ -234,7 +241,8 @@ class VAETransformer(BaseLatentEstimator):
         check_is_fitted(self)
         X = self._validate(X, reset=False)
         n_samples = self.n_importance_samples
-        widest = max((self.n_features_in_, *self.module_.decoder_widths))
+        # A heteroscedastic decoder outputs a mean and a variance per feature.
+        widest = max((2 * self.n_features_in_, *self.module_.decoder_widths))
 
         def log_prob(module, x):
             generator = self._generator(self._score_seed)

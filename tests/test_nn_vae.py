@@ -117,3 +117,36 @@ def test_initialisation_depends_on_the_generator_alone(likelihood):
     a, b = build(1), build(2)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_heteroscedastic_iwae_matches_the_marginal_by_quadrature():
+    # One latent: p(x) = integral of p(x|z) N(z; 0, 1) dz on a fine grid is an
+    # independent reference for the importance-weighted estimate.
+    g = torch.Generator().manual_seed(0)
+    vae = GaussianVAE(
+        2, 1, encoder_layers=(8,), decoder_variance="heteroscedastic", generator=g
+    ).double()
+    with torch.no_grad():
+        # Noise variance about 0.5: a posterior broad enough for a random encoder.
+        vae.decoder[-1].bias[2:] = np.log(0.5)
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    z = torch.linspace(-10, 10, 20001, dtype=torch.float64).reshape(-1, 1, 1)
+    log_joint = vae.log_likelihood(x, z) + standard_normal_log_prob(z)
+    exact = torch.logsumexp(log_joint, 0) + np.log(20 / 20000)
+    with torch.no_grad():
+        estimate = vae.log_prob(x, torch.Generator().manual_seed(1), n_samples=20000)
+    torch.testing.assert_close(estimate, exact, atol=0.02, rtol=0)
+
+
+def test_heteroscedastic_decoder_variance_depends_on_the_code():
+    g = torch.Generator().manual_seed(0)
+    vae = GaussianVAE(
+        3, 2, encoder_layers=(8,), decoder_variance="heteroscedastic", generator=g
+    )
+    z = torch.randn(4, 2, generator=g)
+    mean, log_var = vae.decoder_mean_and_log_var(z)
+    assert mean.shape == log_var.shape == (4, 3)
+    assert not torch.allclose(log_var[0], log_var[1])
+    torch.testing.assert_close(vae.decode(z), mean)
+    with pytest.raises(TypeError, match="heteroscedastic"):
+        _ = vae.decoder_log_var

@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback, LRScheduler
 
 from skvae import VAETransformer
+from skvae.diagnostics import self_consistency
 
 FAST = dict(encoder_layers=(16,), max_iter=5, batch_size=32, n_importance_samples=16)
 
@@ -228,6 +229,37 @@ def test_divergence_stops_fit_with_the_epoch_and_a_remedy(digits):
     with pytest.raises(RuntimeError, match=r"epoch 1\b.*learning_rate_init"):
         vae.fit(digits * 1e20)
     assert not hasattr(vae, "module_")
+
+
+def test_heteroscedastic_decoder_models_noise_that_varies_with_the_code():
+    # The second feature is nearly exact for z < 0 and noisy for z > 0: one
+    # variance per feature must cover both regions, one per code need not.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=2000)
+    noise = np.where(z < 0, 0.02, 0.5)
+    X = np.c_[
+        z + 0.05 * rng.normal(size=2000), np.tanh(z) + noise * rng.normal(size=2000)
+    ]
+    scores = {}
+    for variance in ("learned", "heteroscedastic"):
+        vae = VAETransformer(
+            1,
+            encoder_layers=(32, 32),
+            decoder_variance=variance,
+            max_iter=100,
+            learning_rate_init=3e-3,
+            random_state=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            vae.fit(X[:1500])
+        scores[variance] = vae.score(X[1500:])
+    # Measured: -1.77 (learned) and -1.14 (heteroscedastic).
+    assert scores["heteroscedastic"] > scores["learned"] + 0.3
+    consistency = self_consistency(vae, X[:20], n_samples=10, random_state=0)
+    assert np.all(
+        (consistency.optimal_variance > 0) & (consistency.optimal_variance < 1)
+    )
 
 
 def test_bernoulli_likelihood(digits):

@@ -6,10 +6,54 @@ from torch import nn
 class LatentVariableModel(nn.Module):
     """A latent-variable model as the estimators and the training engine see it.
 
-    Subclasses implement the five methods below on float tensors of shape
-    ``(n_rows, n_features)`` or ``(n_rows, n_components)``. They know nothing
-    of scikit-learn: validation, chunking and seeding live in the estimator.
-    Randomness always comes from an explicit ``torch.Generator``.
+    Subclasses implement ``loss``, ``encode``, ``decode``, ``log_prob`` and
+    ``sample`` on float tensors of shape ``(n_rows, n_features)`` or
+    ``(n_rows, n_components)``, and may override ``initialize_from_data``,
+    which does nothing by default. They know nothing of scikit-learn:
+    validation, chunking and seeding live in the estimator. Randomness always
+    comes from an explicit ``torch.Generator``.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Passed on to :class:`torch.nn.Module`; a subclass declares its own
+        parameters (the sizes of its networks, a generator for their initial
+        weights).
+
+    See Also
+    --------
+    skvae.nn.GaussianVAE : The VAE behind ``VAETransformer`` and ``IsometricVAE``.
+    skvae.nn.INNAutoencoderModule : The invertible network behind ``INNAutoencoder``.
+
+    Examples
+    --------
+    Every model of :mod:`skvae.nn` implements the contract, so it can be
+    driven without an estimator:
+
+    >>> import torch
+    >>> from skvae.nn import GaussianVAE, LatentVariableModel
+    >>> g = torch.Generator().manual_seed(0)
+    >>> model = GaussianVAE(5, 2, encoder_layers=(16,), generator=g)
+    >>> isinstance(model, LatentVariableModel)
+    True
+    >>> x = torch.randn(8, 5, generator=g)
+    >>> model.initialize_from_data(x)
+    >>> model.loss(x, g).shape
+    torch.Size([8])
+    >>> z = model.encode(x)
+    >>> z.shape, model.decode(z).shape
+    (torch.Size([8, 2]), torch.Size([8, 5]))
+    >>> model.log_prob(x, g).shape, model.sample(3, g).shape
+    (torch.Size([8]), torch.Size([3, 5]))
+
+    A row's log-density does not depend on the other rows when the
+    generator is re-seeded, the property that lets an estimator score rows
+    in chunks:
+
+    >>> one = model.log_prob(x[:2], torch.Generator().manual_seed(1))
+    >>> every = model.log_prob(x, torch.Generator().manual_seed(1))
+    >>> torch.allclose(one, every[:2])
+    True
     """
 
     def initialize_from_data(self, x):

@@ -8,6 +8,16 @@ from torch.nn import functional as F
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def standard_normal(shape, generator, like):
+    """Draws of N(0, I) from ``generator``, in the dtype and on the device of ``like``.
+
+    Generators live on the CPU and draws are moved to the model's device: the
+    same seed then gives the same numbers on every device, and a model
+    holding its generators unpickles on a machine without the device.
+    """
+    return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
 def standard_normal_log_prob(z):
     """Log-density of N(0, I), summed over the last dimension."""
     return -0.5 * (z.square() + LOG_2PI).sum(-1)

@@ -99,7 +99,7 @@ class IsometricGaussianVAE(GaussianVAE):
         """One-pass estimate of log p(x), per row, in nats.
 
         ``log p(x, mu) - log q(mu|x)``: the importance weight of the posterior
-        mean, equal to
+        mean, equal to::
 
             log N(mu; 0, I) + sum_j log sigma_j + (n/2) log(2 / beta)
             - ||x - f(mu)||^2 / beta - ((M - n) / 2) log(pi beta).

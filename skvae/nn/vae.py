@@ -11,6 +11,7 @@ from .gaussian import (
     diagonal_normal_log_prob,
     kl_to_standard_normal,
     soft_lower_bound,
+    standard_normal,
     standard_normal_log_prob,
 )
 from .mlp import MLP
@@ -43,10 +44,11 @@ class GaussianVAE(LatentVariableModel):
         Non-linearity of both networks (see :class:`~skvae.nn.MLP`).
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
         Decoder distribution p(x|z).
-    decoder_variance : "learned" or float, default="learned"
-        Variance of a Gaussian decoder: one learned value per feature, or a
-        fixed positive number (small values give the near-deterministic
-        regime).
+    decoder_variance : {"learned", "heteroscedastic"} or float, default="learned"
+        Variance of a Gaussian decoder: one learned value per feature; one
+        per feature and per code, output by the decoder network beside the
+        mean; or a fixed positive number (small values give the
+        near-deterministic regime).
     beta : float, default=1.0
         Weight of the KL term in the training loss. The density of the model
         (:meth:`log_prob`) does not depend on it.
@@ -90,18 +92,25 @@ class GaussianVAE(LatentVariableModel):
             activation,
             generator=generator,
         )
+        self.heteroscedastic = (
+            likelihood == "gaussian" and decoder_variance == "heteroscedastic"
+        )
         self.decoder = MLP(
-            n_components, decoder_layers, n_features, activation, generator=generator
+            n_components,
+            decoder_layers,
+            2 * n_features if self.heteroscedastic else n_features,
+            activation,
+            generator=generator,
         )
         if likelihood == "gaussian" and decoder_variance == "learned":
             self.decoder_log_var_raw = nn.Parameter(torch.zeros(n_features))
-        elif likelihood == "gaussian":
+        elif likelihood == "gaussian" and not self.heteroscedastic:
             self.register_buffer(
                 "decoder_log_var_raw",
                 torch.full((n_features,), math.log(decoder_variance)),
             )
             self.decoder_log_var_raw.requires_grad_(False)
-        self.learned_variance = decoder_variance == "learned"
+        self.learned_variance = decoder_variance in ("learned", "heteroscedastic")
 
     def initialize_from_data(self, x, variance_fraction=INITIAL_VARIANCE_FRACTION):
         """Start centred on the data, with a decoder that must use its code.
@@ -114,28 +123,49 @@ class GaussianVAE(LatentVariableModel):
         latent collapses and stays collapsed for hundreds of epochs.
         """
         mean = x.mean(0)
+        n_features = x.shape[1]
         with torch.no_grad():
             first, last = self.encoder[0], self.decoder[-1]
             first.bias -= first.weight @ mean
             if self.likelihood == "bernoulli":
                 last.bias.copy_(torch.logit(mean, eps=1e-4))
             else:
-                last.bias.copy_(mean)
+                last.bias[:n_features] = mean
             if self.likelihood == "gaussian" and self.learned_variance:
                 variance = variance_fraction * x.var(0, correction=0)
                 log_var = torch.log(variance.clamp_min(1e-5))
-                # Invert soft_lower_bound so that decoder_log_var == log_var.
+                # Invert soft_lower_bound so that the log-variance starts at log_var.
                 excess = log_var - DECODER_LOG_VAR_MIN
-                self.decoder_log_var_raw.copy_(
-                    DECODER_LOG_VAR_MIN + excess + torch.log(-torch.expm1(-excess))
-                )
+                raw = DECODER_LOG_VAR_MIN + excess + torch.log(-torch.expm1(-excess))
+                if self.heteroscedastic:
+                    last.bias[n_features:] = raw
+                else:
+                    self.decoder_log_var_raw.copy_(raw)
 
     @property
     def decoder_log_var(self):
-        """Per-feature log-variance of the Gaussian decoder."""
+        """Per-feature log-variance of a homoscedastic Gaussian decoder."""
+        if self.heteroscedastic:
+            # Not AttributeError: nn.Module.__getattr__ would hide the message.
+            raise TypeError(
+                "a heteroscedastic decoder has no single log-variance per feature; "
+                "use decoder_mean_and_log_var(z)."
+            )
         if self.learned_variance:
             return soft_lower_bound(self.decoder_log_var_raw, DECODER_LOG_VAR_MIN)
         return self.decoder_log_var_raw
+
+    def decoder_mean_and_log_var(self, z):
+        """Mean and log-variance of a Gaussian p(x|z), each ``(..., n_features)``.
+
+        The log-variance broadcasts against the mean: it has one value per
+        feature unless the decoder is heteroscedastic.
+        """
+        out = self.decoder(z)
+        if self.heteroscedastic:
+            mean, raw = out.chunk(2, dim=-1)
+            return mean, soft_lower_bound(raw, DECODER_LOG_VAR_MIN)
+        return out, self.decoder_log_var
 
     def posterior(self, x):
         """Mean and log-variance of q(z|x), each ``(n_rows, n_components)``."""
@@ -144,17 +174,14 @@ class GaussianVAE(LatentVariableModel):
 
     def log_likelihood(self, x, z):
         """log p(x|z) for ``z`` of shape ``(..., n_rows, n_components)``."""
-        out = self.decoder(z)
         if self.likelihood == "bernoulli":
-            return bernoulli_log_prob(x, out)
-        return diagonal_normal_log_prob(x, out, self.decoder_log_var)
+            return bernoulli_log_prob(x, self.decoder(z))
+        return diagonal_normal_log_prob(x, *self.decoder_mean_and_log_var(z))
 
     def elbo_terms(self, x, generator):
         """One-sample reconstruction term E_q[log p(x|z)] and KL, per row."""
         mean, log_var = self.posterior(x)
-        eps = torch.randn(
-            mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
-        )
+        eps = standard_normal(mean.shape, generator, like=mean)
         z = mean + torch.exp(0.5 * log_var) * eps
         return self.log_likelihood(x, z), kl_to_standard_normal(mean, log_var)
 
@@ -166,8 +193,9 @@ class GaussianVAE(LatentVariableModel):
         return self.posterior(x)[0]
 
     def decode(self, z):
-        out = self.decoder(z)
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(self.decoder(z))
+        return self.decoder_mean_and_log_var(z)[0]
 
     def importance_log_weights(self, x, generator, n_samples):
         """log p(x, z_k) - log q(z_k|x) for K draws, shape ``(K, n_rows)``.
@@ -176,12 +204,7 @@ class GaussianVAE(LatentVariableModel):
         numbers), so each row's weights depend on that row alone.
         """
         mean, log_var = self.posterior(x)
-        eps = torch.randn(
-            (n_samples, 1, self.n_components),
-            generator=generator,
-            device=mean.device,
-            dtype=mean.dtype,
-        )
+        eps = standard_normal((n_samples, 1, self.n_components), generator, like=mean)
         z = mean + torch.exp(0.5 * log_var) * eps
         # log q(z|x) written with eps avoids cancelling (z - mean) / sigma.
         log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
@@ -193,16 +216,14 @@ class GaussianVAE(LatentVariableModel):
         return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
 
     def sample(self, n_samples, generator):
-        device = self.decoder[0].weight.device
-        dtype = self.decoder[0].weight.dtype
-        z = torch.randn(
-            (n_samples, self.n_components),
-            generator=generator,
-            device=device,
-            dtype=dtype,
-        )
-        out = self.decoder(z)
+        weight = self.decoder[0].weight
+        z = standard_normal((n_samples, self.n_components), generator, like=weight)
         if self.likelihood == "bernoulli":
-            return torch.bernoulli(torch.sigmoid(out), generator=generator)
-        noise = torch.randn(out.shape, generator=generator, device=device, dtype=dtype)
-        return out + torch.exp(0.5 * self.decoder_log_var) * noise
+            probabilities = torch.sigmoid(self.decoder(z))
+            # Drawn on the generator's device (the CPU), like every draw.
+            return torch.bernoulli(probabilities.cpu(), generator=generator).to(
+                weight.device
+            )
+        mean, log_var = self.decoder_mean_and_log_var(z)
+        noise = standard_normal(mean.shape, generator, like=mean)
+        return mean + torch.exp(0.5 * log_var) * noise
