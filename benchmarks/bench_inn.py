@@ -1,10 +1,11 @@
 """INNAutoencoder against PCA, VAETransformer and a plain autoencoder.
 
-Run by hand on a quiet machine::
+Run by hand on a quiet machine, one thread (the script also sets
+``torch.set_num_threads(1)``)::
 
-    python benchmarks/bench_inn.py reconstruction
-    python benchmarks/bench_inn.py density
-    python benchmarks/bench_inn.py speed
+    OMP_NUM_THREADS=1 python benchmarks/bench_inn.py reconstruction --epochs 150
+    OMP_NUM_THREADS=1 python benchmarks/bench_inn.py density --epochs 300
+    OMP_NUM_THREADS=1 python benchmarks/bench_inn.py speed
 """
 
 import argparse
@@ -155,7 +156,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"{time.strftime('%Y-%m-%d')}, {MACHINE}, torch {torch.__version__}\n")
+    torch.set_num_threads(1)
+    print(
+        f"{time.strftime('%Y-%m-%d')}, {MACHINE}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)\n"
+    )
     if args.part == "reconstruction":
         bench_reconstruction(args.epochs)
     elif args.part == "density":

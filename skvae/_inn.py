@@ -29,6 +29,20 @@ class INNAutoencoder(BaseLatentEstimator):
     of variables. The number of parameters does not depend on
     ``n_components``.
 
+    Before training, a fixed input layer is set to centre the data and rotate
+    it onto its principal axes, so the untrained network is exactly PCA (its
+    code is the first ``n_components`` principal-component scores, its
+    reconstruction PCA's); training bends it from there. The rotation
+    preserves volume, so the density stays exact.
+
+    The loss of a row, in nats per feature, is
+    ``(reconstruction - likelihood_weight * log p(x)) / n_features`` with
+    ``reconstruction = sum((x - x_hat)**2) / (2 * discarded_std**2)`` for
+    ``"mse"`` or ``sum(|x - x_hat|) / discarded_std`` for ``"l1"``: the
+    residual is scored as noise of the width the prior gives the discarded
+    outputs. The data's scale therefore matters: ``discarded_std`` is in the
+    units of X.
+
     Read more in the :ref:`User Guide <inn>`.
 
     Parameters
@@ -49,13 +63,24 @@ class INNAutoencoder(BaseLatentEstimator):
         Non-linearity of the subnets.
     mixing : {"permutation", "orthogonal"}, default="permutation"
         Fixed volume-preserving layer between coupling blocks.
-    reconstruction_loss : {"l1", "mse"}, default="l1"
-        Reconstruction error of the training loss (the paper uses L1).
+    reconstruction_loss : {"mse", "l1"}, default="mse"
+        Reconstruction error of the training loss: squared (Gaussian noise)
+        or absolute (Laplace noise, the paper's choice). Use ``"mse"`` when
+        reconstructions are judged by squared error, as PCA's are: on
+        digits / 16 with ``n_components <= 10``, ``"l1"`` left a 10 to 40%
+        larger test squared error.
     likelihood_weight : float, default=1.0
-        Weight of the maximum-likelihood term in the training loss; 0 trains
-        a pure autoencoder (whose density is then unfitted).
+        Weight of the negative log-likelihood in the training loss. 1 makes
+        the loss the joint negative log-likelihood of the data and its
+        residual; 0 trains a pure autoencoder (whose density is then
+        unfitted); values between trade a better density for a smaller
+        reconstruction error.
     discarded_std : float, default=0.01
-        Width of the normal prior on the discarded outputs.
+        Width of the normal prior on the discarded outputs, in the units of
+        X, and the noise scale of the reconstruction term. Keep it well
+        below the spread of the data's smallest principal components you
+        want to discard; a wider value lets the network keep information
+        in the discarded outputs that zero padding then loses.
     max_iter : int, default=200
         Maximum number of epochs.
     batch_size : int, default=128
@@ -82,7 +107,10 @@ class INNAutoencoder(BaseLatentEstimator):
         Continue training the fitted network for ``max_iter`` more epochs on
         the next call to :meth:`fit`.
     device : str or torch.device, default="cpu"
-        Torch device to train and predict on.
+        Torch device to train and predict on; ``"auto"`` picks ``"cuda"``
+        when a GPU is available and ``"cpu"`` otherwise. Random draws are
+        made on the CPU and moved to the device, so a seed gives the same
+        draws on every device.
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks; they are copied, not changed, by :meth:`fit`.
 
@@ -152,7 +180,7 @@ class INNAutoencoder(BaseLatentEstimator):
         clamp=2.0,
         activation="silu",
         mixing="permutation",
-        reconstruction_loss="l1",
+        reconstruction_loss="mse",
         likelihood_weight=1.0,
         discarded_std=0.01,
         max_iter=200,

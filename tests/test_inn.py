@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -53,6 +54,19 @@ def test_training_fits_the_density(ring_model):
     X, inn = ring_model
     untrained = _fit(X, n_components=2, max_iter=1)
     assert inn.score(X) > untrained.score(X) + 0.3
+
+
+def test_training_starts_from_pca():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5)) + 3.0
+    # A step of 1e-12 leaves the network where fit initialised it.
+    inn = _fit(X, n_components=2, max_iter=1, learning_rate_init=1e-12)
+    pca = PCA(2).fit(X)
+    np.testing.assert_allclose(
+        inn.inverse_transform(inn.transform(X)),
+        pca.inverse_transform(pca.transform(X)),
+        atol=1e-4,
+    )
 
 
 def test_parameter_count_does_not_depend_on_code_size():

@@ -1,10 +1,13 @@
 """Tests of the invertible blocks, the invertible network and its autoencoder."""
 
+import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from skvae.nn.coupling import (
     AffineCoupling,
+    FixedAffine,
     FixedOrthogonal,
     FixedPermutation,
     soft_clamp,
@@ -44,6 +47,17 @@ def jacobian_log_dets(function, x):
     )
 
 
+def random_affine_(layer, seed, n_features):
+    """Give a FixedAffine a random shift, rotation and log-scales."""
+    generator = seeded(seed)
+    layer.set_(
+        torch.randn(n_features, generator=generator),
+        torch.linalg.qr(torch.randn(n_features, n_features, generator=generator))[0],
+        0.5 * torch.randn(n_features, generator=generator),
+    )
+    return layer
+
+
 def test_soft_clamp_is_bounded_odd_and_follows_its_formula():
     clamp = 2.0
     a = torch.tensor([-1e8, -5.0, 0.0, clamp, 5.0, 1e8], dtype=torch.float64)
@@ -72,6 +86,7 @@ def test_coupling_and_one_block_network_are_identity_at_initialisation(n_feature
 def test_network_round_trip(n_features, mixing):
     net = InvertibleNetwork(n_features, 3, **SMALL, mixing=mixing, generator=seeded(0))
     randomise_(net, seed=1, scale=0.3)
+    random_affine_(net.input_layer, seed=1, n_features=n_features)
     x32 = rows(50, n_features, torch.float32)
     y32, _ = net(x32)
     assert (y32 - x32).abs().max() > 0.1
@@ -92,6 +107,7 @@ def test_block_log_dets_match_autograd_jacobian(n_features):
         randomise_(coupling.double(), seed=2),
         FixedPermutation(n_features, generator=generator),
         FixedOrthogonal(n_features, generator=generator).double(),
+        random_affine_(FixedAffine(n_features), seed=2, n_features=n_features).double(),
     ]
     x = rows(4, n_features)
     for block in blocks:
@@ -104,6 +120,7 @@ def test_block_log_dets_match_autograd_jacobian(n_features):
 def test_network_log_dets_per_block_match_autograd_jacobian(mixing):
     net = InvertibleNetwork(3, n_blocks=3, **SMALL, mixing=mixing, generator=seeded(0))
     randomise_(net.double(), seed=3)
+    random_affine_(net.input_layer, seed=3, n_features=3)
     x = rows(4, 3)
     outputs, log_dets = net.layer_outputs(x)
     assert len(outputs) == 4
@@ -113,14 +130,56 @@ def test_network_log_dets_per_block_match_autograd_jacobian(mixing):
     for i, coupling in enumerate(net.couplings):
         mixing_layer = net.mixings[i] if i < len(net.mixings) else None
 
-        def block(h, coupling=coupling, mixing_layer=mixing_layer):
-            y = coupling(h)[0]
+        def block(h, i=i, coupling=coupling, mixing_layer=mixing_layer):
+            # The fixed input layer belongs to the first block.
+            y = coupling(net.input_layer(h)[0] if i == 0 else h)[0]
             return y if mixing_layer is None else mixing_layer(y)[0]
 
         expected = jacobian_log_dets(block, outputs[i])
         torch.testing.assert_close(log_dets[:, i], expected, rtol=0, atol=1e-10)
     expected = jacobian_log_dets(lambda h: net(h)[0], x)
     torch.testing.assert_close(log_dets.sum(1), expected, rtol=0, atol=1e-10)
+
+
+def test_fixed_affine_is_exact_in_float64_and_volume_preserving_without_scales():
+    layer = random_affine_(FixedAffine(5), seed=5, n_features=5)
+    x = rows(20, 5)
+    layer.double()
+    eye = torch.eye(5, dtype=torch.float64)
+    assert (layer.rotation.T @ layer.rotation - eye).abs().max() < 1e-13
+    y, log_det = layer(x)
+    assert (layer.inverse(y) - x).abs().max() < 1e-12
+    torch.testing.assert_close(log_det, layer.log_scale.sum().expand(20))
+    layer.set_(layer.shift, layer.rotation)
+    assert torch.equal(layer(x)[1], torch.zeros(20, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mixing", ["permutation", "orthogonal"])
+def test_initialisation_from_data_starts_the_network_as_pca(mixing):
+    generator = seeded(0)
+    x = rows(300, 6, torch.float32) @ torch.diag(torch.tensor([3, 2, 1, 0.5, 0.2, 0.1]))
+    x = x @ torch.linalg.qr(torch.randn(6, 6, generator=generator))[0] + 1.0
+    inn = INNAutoencoderModule(6, 2, n_blocks=3, **SMALL, mixing=mixing)
+    inn.initialize_from_data(x)
+    pca = PCA(2).fit(x.numpy())
+    with torch.no_grad():
+        code = inn.encode(x)
+        reconstruction = inn.decode(code)
+    # Principal-component scores up to the sign of each axis.
+    np.testing.assert_allclose(
+        np.abs(code.numpy()), np.abs(pca.transform(x.numpy())), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        reconstruction.numpy(),
+        pca.inverse_transform(pca.transform(x.numpy())),
+        atol=1e-4,
+    )
+    # Only a rotation and a centring: the density's volume term is unchanged.
+    assert torch.equal(inn.net(x)[1], torch.zeros(300, 3))
+    # Nothing discarded, nothing to choose: a plain flow in the data's axes.
+    flow = INNAutoencoderModule(6, 6, n_blocks=3, **SMALL, mixing=mixing)
+    flow.initialize_from_data(x)
+    assert torch.equal(flow.net.input_layer(x)[0], x)
 
 
 def test_orthogonal_mixing_stays_orthogonal_in_float64():
@@ -238,7 +297,13 @@ def test_loss_is_the_documented_combination(reconstruction_loss):
 
 def test_reconstruction_gradient_flows_through_the_encoder_too():
     inn = INNAutoencoderModule(
-        3, 1, n_blocks=2, **SMALL, likelihood_weight=0.0, generator=seeded(0)
+        3,
+        1,
+        n_blocks=2,
+        **SMALL,
+        reconstruction_loss="l1",
+        likelihood_weight=0.0,
+        generator=seeded(0),
     )
     randomise_(inn.double(), seed=11)
     x = rows(5, 3).requires_grad_()

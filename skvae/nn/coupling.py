@@ -240,3 +240,77 @@ class FixedOrthogonal(nn.Module):
     def inverse(self, y):
         """Undo the rotation."""
         return y @ self.weight.T
+
+
+class FixedAffine(nn.Module):
+    """A fixed affine map ``y = ((x - shift) @ rotation) * exp(log_scale)``.
+
+    Centres the rows, rotates them by an orthogonal matrix and scales each
+    output; nothing is trained. It starts as the identity; :meth:`set_` sets
+    it, for example from the training data before training (see
+    :meth:`skvae.nn.INNAutoencoderModule.initialize_from_data`). The
+    log-determinant is ``sum(log_scale)`` for every row, exactly (a rotation
+    preserves volume), so a density through this layer stays normalised. As
+    in :class:`FixedOrthogonal`, changing the module's dtype re-orthogonalises
+    the rotation in the new dtype, which keeps float64 round trips exact.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the input and output.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from skvae.nn.coupling import FixedAffine
+    >>> layer = FixedAffine(2)
+    >>> quarter_turn = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    >>> log_scale = torch.tensor([0.0, math.log(2)])
+    >>> layer.set_(torch.tensor([1.0, 0.0]), quarter_turn, log_scale)
+    >>> y, log_det = layer(torch.tensor([[2.0, 1.0]]))
+    >>> y, log_det
+    (tensor([[-1.,  2.]]), tensor([0.6931]))
+    >>> layer.inverse(y)
+    tensor([[2., 1.]])
+    """
+
+    def __init__(self, n_features):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(n_features))
+        self.register_buffer("rotation", torch.eye(n_features))
+        self.register_buffer("log_scale", torch.zeros(n_features))
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module funnels every dtype and device move through _apply.
+        dtype = self.rotation.dtype
+        super()._apply(fn, recurse)
+        if self.rotation.dtype != dtype:
+            self.rotation = _sign_corrected_q(self.rotation)
+        return self
+
+    def set_(self, shift, rotation, log_scale=None):
+        """Set the centring, the rotation and (optionally) the log-scales.
+
+        Parameters
+        ----------
+        shift : torch.Tensor of shape (n_features,)
+            Subtracted from every row first.
+        rotation : torch.Tensor of shape (n_features, n_features)
+            Orthogonal matrix the centred rows are multiplied by; it is
+            re-orthogonalised (its sign-corrected QR factor is kept).
+        log_scale : torch.Tensor of shape (n_features,), default=None
+            Log of the factor each output is multiplied by; None keeps 0.
+        """
+        with torch.no_grad():
+            self.shift.copy_(shift)
+            self.rotation.copy_(_sign_corrected_q(rotation.to(self.rotation.dtype)))
+            self.log_scale.copy_(0.0 if log_scale is None else log_scale)
+
+    def forward(self, x):
+        """Map ``x`` to ``(y, log_det)``; ``log_det`` is ``sum(log_scale)``."""
+        y = ((x - self.shift) @ self.rotation) * torch.exp(self.log_scale)
+        return y, self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, y):
+        """The ``x`` with ``forward(x)[0] == y``."""
+        return (y * torch.exp(-self.log_scale)) @ self.rotation.T + self.shift

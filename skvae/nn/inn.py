@@ -7,8 +7,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import LatentVariableModel
-from .coupling import AffineCoupling, FixedOrthogonal, FixedPermutation
-from .gaussian import standard_normal_log_prob
+from .coupling import (
+    AffineCoupling,
+    FixedAffine,
+    FixedOrthogonal,
+    FixedPermutation,
+)
+from .gaussian import standard_normal, standard_normal_log_prob
 
 MIXINGS = {"permutation": FixedPermutation, "orthogonal": FixedOrthogonal}
 
@@ -16,10 +21,14 @@ MIXINGS = {"permutation": FixedPermutation, "orthogonal": FixedOrthogonal}
 class InvertibleNetwork(nn.Module):
     """A stack of affine coupling blocks with fixed mixing layers between them.
 
-    The layers are coupling, mixing, coupling, mixing, ..., coupling: a mixing
-    layer sits between two couplings and none follows the last, since a
-    mixing there would only rotate the output. The network is the identity at
-    initialisation (see :class:`~skvae.nn.coupling.AffineCoupling`).
+    The layers are a fixed affine input layer (``input_layer``, a
+    :class:`~skvae.nn.coupling.FixedAffine`), then coupling, mixing,
+    coupling, mixing, ..., coupling: a mixing layer sits between two
+    couplings and none follows the last, since a mixing there would only
+    rotate the output. The network is the identity at initialisation (see
+    :class:`~skvae.nn.coupling.AffineCoupling`) until the input layer is set,
+    for example from data by
+    :meth:`INNAutoencoderModule.initialize_from_data`.
 
     Parameters
     ----------
@@ -71,6 +80,7 @@ class InvertibleNetwork(nn.Module):
             raise ValueError(
                 f"mixing must be one of {sorted(MIXINGS)}, got {mixing!r}."
             )
+        self.input_layer = FixedAffine(n_features)
         self.couplings = nn.ModuleList()
         self.mixings = nn.ModuleList()
         for i in range(n_blocks):
@@ -86,8 +96,10 @@ class InvertibleNetwork(nn.Module):
         """The activations between blocks and each block's log-determinant.
 
         A block is a coupling followed by the mixing layer after it, if any;
-        mixing layers preserve volume, so the entropy of the activations
-        changes only through the couplings.
+        the first block also includes the fixed input layer before its
+        coupling. Mixing layers preserve volume, so the entropy of the
+        activations changes only through the couplings and the input layer's
+        scales (zero unless set).
 
         Parameters
         ----------
@@ -115,7 +127,12 @@ class InvertibleNetwork(nn.Module):
         outputs = [x]
         log_dets = []
         for i, coupling in enumerate(self.couplings):
-            h, log_det = coupling(outputs[-1])
+            h = outputs[-1]
+            if i == 0:
+                h, input_log_det = self.input_layer(h)
+            h, log_det = coupling(h)
+            if i == 0:
+                log_det = log_det + input_log_det
             if i < len(self.mixings):
                 h, mixing_log_det = self.mixings[i](h)
                 log_det = log_det + mixing_log_det
@@ -138,7 +155,7 @@ class InvertibleNetwork(nn.Module):
             self.couplings[-2::-1], self.mixings[::-1], strict=True
         ):
             x = coupling.inverse(mixing.inverse(x))
-        return x
+        return self.input_layer.inverse(x)
 
 
 class INNAutoencoderModule(LatentVariableModel):
@@ -169,7 +186,15 @@ class INNAutoencoderModule(LatentVariableModel):
     the paper, whose ``mean(y_discarded**2)`` penalty is part of ``-log p(x)``
     here; the likelihood term also shapes the code towards ``N(0, I)`` and
     makes :meth:`log_prob` a fitted density. Gradients flow through both
-    directions of the network. The scale of the data matters: standardise it.
+    directions of the network. ``discarded_std`` is in the units of ``x``, so
+    the scale of the data sets the balance of the two terms.
+
+    The network's first layer is a fixed centring and rotation
+    (:class:`~skvae.nn.coupling.FixedAffine`), the identity until
+    :meth:`initialize_from_data` sets it to the principal axes of the
+    training rows: the untrained network is then PCA, and training starts
+    from PCA's reconstruction instead of from keeping the first
+    ``n_components`` raw features.
 
     Parameters
     ----------
@@ -187,8 +212,8 @@ class INNAutoencoderModule(LatentVariableModel):
         Non-linearity of the subnets.
     mixing : {"permutation", "orthogonal"}, default="permutation"
         Fixed mixing layers between couplings.
-    reconstruction_loss : {"l1", "mse"}, default="l1"
-        Absolute or squared reconstruction error.
+    reconstruction_loss : {"mse", "l1"}, default="mse"
+        Squared or absolute reconstruction error.
     likelihood_weight : float, default=1.0
         Weight of the negative log-likelihood in the loss; 0 gives the pure
         autoencoder, larger values a better density at the cost of
@@ -221,7 +246,7 @@ class INNAutoencoderModule(LatentVariableModel):
         clamp=2.0,
         activation="silu",
         mixing="permutation",
-        reconstruction_loss="l1",
+        reconstruction_loss="mse",
         likelihood_weight=1.0,
         discarded_std=0.01,
         generator=None,
@@ -251,6 +276,36 @@ class INNAutoencoderModule(LatentVariableModel):
             mixing,
             generator=generator,
         )
+
+    def initialize_from_data(self, x):
+        """Start the network as PCA of the training rows ``x``.
+
+        The fixed input layer of the network is set to centre the rows and
+        rotate them onto their principal axes (in decreasing order of
+        variance), composed with the inverse of the mixing layers, so that the
+        untrained network maps a row to its principal-component scores: its
+        code is the first ``n_components`` scores and its reconstruction that
+        of PCA. Training starts from there. A rotation preserves volume, so
+        the density stays exact and the information profile unchanged.
+
+        With ``n_components == n_features`` nothing is discarded, there is no
+        choice of kept directions to make, and the layer stays the identity:
+        the network is then a plain flow, which fits data whose structure is
+        aligned with the features (dequantized pixels, say) better in the
+        original coordinates.
+        """
+        if self.n_components == self.n_features:
+            return
+        x = x.to(torch.float64)
+        mean = x.mean(0)
+        centred = x - mean
+        eigval, eigvec = torch.linalg.eigh(centred.T @ centred)
+        rotation = eigvec[:, torch.argsort(eigval, descending=True)]
+        mixed = torch.eye(self.n_features, dtype=self.net.input_layer.rotation.dtype)
+        for mixing in self.net.mixings:
+            mixed = mixing(mixed)[0]
+        # y = ((x - mean) @ rotation @ mixed.T) @ mixed at initialisation.
+        self.net.input_layer.set_(mean, rotation @ mixed.to(torch.float64).T)
 
     def _prior_log_prob(self, y):
         kept, discarded = y[:, : self.n_components], y[:, self.n_components :]
@@ -290,12 +345,8 @@ class INNAutoencoderModule(LatentVariableModel):
         return self._prior_log_prob(y) + log_dets.sum(1)
 
     def sample(self, n_samples, generator):
-        reference = next(self.parameters())
-        y = torch.randn(
-            (n_samples, self.n_features),
-            generator=generator,
-            device=reference.device,
-            dtype=reference.dtype,
+        y = standard_normal(
+            (n_samples, self.n_features), generator, like=next(self.parameters())
         )
         y[:, self.n_components :] *= self.discarded_std
         return self.net.inverse(y)
