@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch.func import jacfwd, jacrev, vmap
 
 from ._base import _SEED_BOUND, FLOAT_DTYPES
-from .nn.gaussian import kl_to_standard_normal
+from .nn.gaussian import kl_to_standard_normal, standard_normal
 from .nn.vae import ENCODER_LOG_VAR_RANGE, GaussianVAE
 
 __all__ = [
@@ -60,7 +60,7 @@ def _fitted_module(est, function, gaussian_vae=False):
         raise TypeError(
             f"{function} needs the encoder's Gaussian posterior: an estimator whose "
             "module_ is a skvae.nn.GaussianVAE (VAETransformer, IsometricVAE), but "
-            f"{type(est).__name__}.module_ is a {type(module).__name__}."
+            f"{type(est).__name__}.module_ is of type {type(module).__name__}."
         )
     if not (hasattr(module, "encode") and hasattr(module, "decode")):
         raise TypeError(
@@ -404,12 +404,12 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
         X = _check_X(est, X)
         module = est._inference_module(X.dtype)
         mean, log_var = _posterior(est, module, X)
-        precision = torch.exp(-module.decoder_log_var).detach().unsqueeze(-1)
 
         def reconstruction_and_optimal_variance(J, z):
             # f(mu(x)) from the same chunk of latents the Jacobian is taken at.
             with torch.no_grad():
-                reconstruction = module.decode(z)
+                reconstruction, log_var = module.decoder_mean_and_log_var(z)
+            precision = torch.exp(-log_var).expand_as(reconstruction).unsqueeze(-1)
             squared_norms = (J.square() * precision).sum(1)
             return reconstruction, 1.0 / (1.0 + squared_norms)
 
@@ -450,12 +450,7 @@ def _posterior(est, module, X):
 
 
 def _seeded(module, seed):
-    device = next(module.parameters()).device
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _standard_normal(generator, shape, like):
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    return torch.Generator().manual_seed(seed)
 
 
 def _optimise_gaussian(module, x, mean0, log_var0, generator, options):
@@ -478,7 +473,7 @@ def _optimise_gaussian(module, x, mean0, log_var0, generator, options):
     n_rows, n_components = mean0.shape
     scale0 = torch.exp(0.5 * log_var0)
     check_eps = [
-        _standard_normal(generator, (_SAMPLE_BLOCK, 1, n_components), x)
+        standard_normal((_SAMPLE_BLOCK, 1, n_components), generator, like=x)
         for _ in range(_CHECK_SAMPLES // _SAMPLE_BLOCK)
     ]
 
@@ -508,7 +503,9 @@ def _optimise_gaussian(module, x, mean0, log_var0, generator, options):
     n_iter = torch.full((n_rows,), options["max_iter"], device=x.device)
     beta1, beta2 = 0.9, 0.999
     for step in range(1, options["max_iter"] + 1):
-        eps = _standard_normal(generator, (options["n_mc_samples"], 1, n_components), x)
+        eps = standard_normal(
+            (options["n_mc_samples"], 1, n_components), generator, like=x
+        )
         params.requires_grad_(True)
         # Gradients only for the variational parameters: the fitted weights
         # must stay untouched.
@@ -549,7 +546,7 @@ def _elbos(module, x, posteriors, generator, n_samples):
     diff_sq = torch.zeros_like(sums[0])
     for start in range(0, n_samples, _SAMPLE_BLOCK):
         size = min(_SAMPLE_BLOCK, n_samples - start)
-        eps = _standard_normal(generator, (size, 1, n_components), x)
+        eps = standard_normal((size, 1, n_components), generator, like=x)
         log_liks = [
             module.log_likelihood(x, mean + torch.exp(0.5 * log_var) * eps)
             for mean, log_var in posteriors
@@ -573,7 +570,7 @@ def _iwae(module, x, mean, log_var, generator, n_samples):
     blocks = []
     for start in range(0, n_samples, _SAMPLE_BLOCK):
         size = min(_SAMPLE_BLOCK, n_samples - start)
-        eps = _standard_normal(generator, (size, 1, mean.shape[1]), x)
+        eps = standard_normal((size, 1, mean.shape[1]), generator, like=x)
         z = mean + scale * eps
         # log q(z|x) written with eps, as in GaussianVAE.importance_log_weights.
         log_q = -0.5 * (eps.square() + math.log(2 * math.pi) + log_var).sum(-1)
