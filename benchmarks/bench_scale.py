@@ -4,7 +4,7 @@ Run by hand on a quiet machine (tests never time anything)::
 
     python benchmarks/bench_scale.py memory [--rows 1000000]
     python benchmarks/bench_scale.py chunking [--rows 20000]
-    python benchmarks/bench_scale.py search
+    python benchmarks/bench_scale.py search [--epochs 100]
 
 ``memory``: peak resident memory of ``score_samples`` with 100 importance
 samples on ``--rows`` x 64 float32 rows, above the memory held before the
@@ -88,12 +88,12 @@ def bench_chunking(n_rows, repeats):
     return rows
 
 
-def bench_search(repeats):
+def bench_search(repeats, epochs):
     import distributed
 
     X = digits_split()[0]
     search = GridSearchCV(
-        VAETransformer(2, max_iter=20, n_iter_no_change=20, random_state=0),
+        VAETransformer(2, max_iter=epochs, n_iter_no_change=epochs, random_state=0),
         {"encoder_layers": [(32,), (64,), (128,)], "beta": [0.5, 1.0]},
         cv=3,
     )
@@ -130,6 +130,7 @@ def main():
     parser.add_argument("part", choices=["memory", "chunking", "search"])
     parser.add_argument("--rows", type=int)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=100)
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d')}, {MACHINE}, torch {torch.__version__}\n")
     if args.part == "memory":
@@ -149,7 +150,7 @@ def main():
     else:
         print("| GridSearchCV, 6 candidates x 3 folds | wall time (s) | best |")
         print("|---|---|---|")
-        for name, seconds, best in bench_search(args.repeats):
+        for name, seconds, best in bench_search(args.repeats, args.epochs):
             print(f"| {name} | {seconds:.1f} | {best} |")
 
 

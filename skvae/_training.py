@@ -90,6 +90,16 @@ class LatentModelNet(NeuralNet):
         )
         self.generator = generator
 
+    def _set_training(self, training=True):
+        # skorch sets the mode before every batch, walking every submodule:
+        # about 4 % of a small model's fit. The mode only changes between
+        # training and validation, so set it only then.
+        if any(
+            getattr(self, name + "_").training != training
+            for name in self._modules + self._criteria
+        ):
+            super()._set_training(training)
+
     def infer(self, x, **fit_params):
         # Validation rows wait on the CPU (see validation_split).
         return self.module_.loss(x.to(self.device), self.generator)
