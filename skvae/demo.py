@@ -7,9 +7,11 @@ error beside PCA and a Gaussian mixture, the tools it replaces.
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import train_test_split
 
@@ -25,7 +27,6 @@ def main(argv=None):
     X = load_digits_dequantized(random_state=0).data
     X_train, X_test = train_test_split(X, test_size=0.2, random_state=0)
 
-    start = time.perf_counter()
     vae = VAETransformer(
         n_components=10,
         encoder_layers=(256, 256),
@@ -37,7 +38,13 @@ def main(argv=None):
         n_importance_samples=500,
         random_state=0,
         verbose=1,
-    ).fit(X_train)
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # A fixed number of epochs, as in the benchmarks: reaching it is the
+        # plan, so the ConvergenceWarning says nothing here.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vae.fit(X_train)
     fit_seconds = time.perf_counter() - start
 
     pca = PCA(n_components=10).fit(X_train)
