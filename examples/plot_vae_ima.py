@@ -219,8 +219,47 @@ plt.show()
 # contrast near 0 in every rotation. So almost any rotation fits almost as
 # well, and the MCC is that of whichever one training lands on. The
 # authors' uniform prior is not rotation invariant and pins the rotation
-# through the likelihood. ``benchmarks/bench_diagnostics.py mobius``
-# measures this over five seeds with 10 000 samples: MCC 0.79 at 1e-4 and
-# 0.85 at 1e-5, MCC after the best rotation 0.98 and 0.97, and random
-# rotations of a fitted model's latents change its mean contrast by at most
-# 0.1 nats per row while its MCC spans 0.63 to 0.98.
+# through the likelihood; the last section does the same with skvae.
+# ``benchmarks/bench_diagnostics.py mobius`` measures this over five seeds
+# with 10 000 samples: MCC 0.79 at 1e-4 and 0.85 at 1e-5, MCC after the best
+# rotation 0.98 and 0.97, and random rotations of a fitted model's latents
+# change its mean contrast by at most 0.1 nats per row while its MCC spans
+# 0.63 to 0.98.
+
+# %%
+# A prior that is not rotation invariant
+# --------------------------------------
+# ``prior_shape`` replaces the standard normal prior by a product of
+# generalized normal densities. A shape of 8 is nearly flat on its support,
+# close to the uniform sources. It is not rotation invariant, so the
+# likelihood itself now prefers the rotation that makes the latents
+# independent and bounded. This fit may train up to 150 epochs (it stops
+# once its loss stops improving): the rotation settles later than the
+# reconstruction.
+flat = VAETransformer(
+    n_components=3,
+    encoder_layers=(30, 30),
+    decoder_variance=1e-4,
+    prior_shape=8.0,
+    max_iter=150,
+    batch_size=64,
+    learning_rate_init=3e-3,
+    random_state=0,
+)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    flat.fit(X_train)
+Z_flat = flat.transform(X_test)
+flat_mcc = mean_correlation_coefficient(S_test, Z_flat).score
+normal_mcc = results[decoder_variances.index(1e-4)]["mcc"]
+print(
+    f"decoder variance 1e-4: MCC {normal_mcc:.2f} with the standard normal prior, "
+    f"{flat_mcc:.2f} with prior_shape=8 ({flat.n_iter_} epochs; "
+    f"{mcc_up_to_rotation(S_test, Z_flat):.2f} after the best rotation)"
+)
+
+# %%
+# The plain MCC (0.98, against 0.71 with the standard normal prior) now
+# equals the MCC after the best rotation: the sources are recovered, not only
+# up to a rotation, above the authors' 0.96 and FastICA's 0.97. The benchmark
+# repeats this over five seeds with 10 000 samples (see :doc:`/benchmarks`).

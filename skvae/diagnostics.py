@@ -378,7 +378,9 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
         - ``reconstruction_error``: ndarray of shape (n_samples_X,),
           ``||x - f(mu(x))||^2`` (None without X);
         - ``encoder_variance`` and ``optimal_variance``: ndarrays of shape
-          (n_samples_X, n_components) (None without X);
+          (n_samples_X, n_components) (None without X; ``optimal_variance``
+          is also None unless the prior is the standard normal, for which
+          its formula holds);
         - ``latent_error``: ndarray of shape (n_samples,),
           ``||z - mu(f(z))||^2`` at the prior draws ``z``.
 
@@ -418,10 +420,17 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
         )
         result.reconstruction_error = np.sum((X - reconstruction) ** 2, axis=1)
         result.encoder_variance = np.exp(log_var)
-        result.optimal_variance = optimal
+        if module.prior.shape == 2.0:
+            result.optimal_variance = optimal
 
     rng = check_random_state(random_state)
-    Z = rng.standard_normal((n_samples, est.n_components))
+    if module.prior.shape == 2.0:
+        Z = rng.standard_normal((n_samples, est.n_components))
+    else:
+        generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
+        like = torch.empty(0, dtype=torch.float64)
+        Z = module.prior.sample((n_samples, est.n_components), generator, like)
+        Z = Z.numpy()
     module = est._inference_module(Z.dtype)
     rows = est._rows_per_chunk(_widest(module, est))
     with torch.no_grad():
@@ -688,7 +697,13 @@ def amortization_gap(
     >>> bool(np.all(gaps.amortization_gap > -3 * gaps.amortization_gap_stderr))
     True
     """
-    _fitted_module(est, "amortization_gap", gaussian_vae=True)
+    module = _fitted_module(est, "amortization_gap", gaussian_vae=True)
+    if module.prior.shape != 2.0:
+        raise ValueError(
+            "amortization_gap computes the ELBO with the closed-form KL term of "
+            f"the standard normal prior, but {type(est).__name__} has "
+            f"prior_shape={module.prior.shape:g}."
+        )
     X = _check_X(est, X)
     module = est._inference_module(X.dtype)
     options = dict(

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from scipy.stats import multivariate_normal
+from scipy.stats import gennorm, kstest, multivariate_normal
 from torch.distributions import Normal, kl_divergence
 
 from skvae.nn import GaussianVAE
 from skvae.nn.gaussian import (
+    GeneralizedNormalPrior,
     diagonal_normal_log_prob,
     kl_to_standard_normal,
     standard_normal_log_prob,
@@ -150,3 +151,31 @@ def test_heteroscedastic_decoder_variance_depends_on_the_code():
     torch.testing.assert_close(vae.decode(z), mean)
     with pytest.raises(TypeError, match="heteroscedastic"):
         _ = vae.decoder_log_var
+
+
+@pytest.mark.parametrize("shape", [1.0, 2.0, 8.0])
+def test_generalized_normal_prior_matches_scipy(shape):
+    prior = GeneralizedNormalPrior(shape)
+    reference = gennorm(shape, scale=prior.scale)
+    assert reference.var() == pytest.approx(1.0)
+    z = torch.linspace(-3, 3, 13, dtype=torch.float64).reshape(-1, 1)
+    np.testing.assert_allclose(
+        prior.log_prob(z).numpy(), reference.logpdf(z.numpy().ravel()), rtol=1e-12
+    )
+    like = torch.empty(0, dtype=torch.float64)
+    draws = prior.sample((4000, 1), torch.Generator().manual_seed(0), like)
+    assert kstest(draws.numpy().ravel(), reference.cdf).pvalue > 0.01
+
+
+def test_iwae_with_a_non_gaussian_prior_matches_quadrature():
+    g = torch.Generator().manual_seed(0)
+    vae = GaussianVAE(
+        2, 1, encoder_layers=(8,), decoder_variance=0.5, prior_shape=8.0, generator=g
+    ).double()
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    z = torch.linspace(-3, 3, 20001, dtype=torch.float64).reshape(-1, 1, 1)
+    log_joint = vae.log_likelihood(x, z) + vae.prior.log_prob(z)
+    exact = torch.logsumexp(log_joint, 0) + np.log(6 / 20000)
+    with torch.no_grad():
+        estimate = vae.log_prob(x, torch.Generator().manual_seed(1), n_samples=20000)
+    torch.testing.assert_close(estimate, exact, atol=0.02, rtol=0)

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback, LRScheduler
 
 from skvae import VAETransformer
-from skvae.diagnostics import self_consistency
+from skvae.diagnostics import amortization_gap, self_consistency
 
 FAST = dict(encoder_layers=(16,), max_iter=5, batch_size=32, n_importance_samples=16)
 
@@ -260,6 +260,21 @@ def test_heteroscedastic_decoder_models_noise_that_varies_with_the_code():
     assert np.all(
         (consistency.optimal_variance > 0) & (consistency.optimal_variance < 1)
     )
+
+
+def test_non_gaussian_prior_fits_samples_and_limits_the_diagnostics(digits):
+    vae = VAETransformer(prior_shape=8.0, random_state=0, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vae.fit(digits)
+    assert np.all(np.isfinite(vae.score_samples(digits[:10])))
+    samples = vae.sample(500)
+    assert np.all(np.isfinite(samples))
+    consistency = self_consistency(vae, digits[:10], n_samples=20, random_state=0)
+    assert consistency.optimal_variance is None
+    assert consistency.latent_error.shape == (20,)
+    with pytest.raises(ValueError, match="prior_shape=8"):
+        amortization_gap(vae, digits[:5])
 
 
 def test_bernoulli_likelihood(digits):

@@ -7,6 +7,7 @@ from torch import nn
 
 from .base import LatentVariableModel
 from .gaussian import (
+    GeneralizedNormalPrior,
     bernoulli_log_prob,
     diagonal_normal_log_prob,
     kl_to_standard_normal,
@@ -52,6 +53,11 @@ class GaussianVAE(LatentVariableModel):
     beta : float, default=1.0
         Weight of the KL term in the training loss. The density of the model
         (:meth:`log_prob`) does not depend on it.
+    prior_shape : float, default=2.0
+        Shape of the factorised generalized-normal prior with unit variance
+        (``skvae.nn.gaussian.GeneralizedNormalPrior``): 2 is
+        N(0, I), with the KL term in closed form; any other shape uses a
+        one-draw estimate of it.
     generator : torch.Generator, default=None
         Source of randomness for the initial weights.
 
@@ -76,9 +82,11 @@ class GaussianVAE(LatentVariableModel):
         likelihood="gaussian",
         decoder_variance="learned",
         beta=1.0,
+        prior_shape=2.0,
         generator=None,
     ):
         super().__init__()
+        self.prior = GeneralizedNormalPrior(prior_shape)
         if decoder_layers is None:
             decoder_layers = tuple(reversed(encoder_layers))
         self.n_components = n_components
@@ -179,11 +187,20 @@ class GaussianVAE(LatentVariableModel):
         return diagonal_normal_log_prob(x, *self.decoder_mean_and_log_var(z))
 
     def elbo_terms(self, x, generator):
-        """One-sample reconstruction term E_q[log p(x|z)] and KL, per row."""
+        """One-draw reconstruction term E_q[log p(x|z)] and KL, per row.
+
+        The KL term is exact for the standard normal prior and a one-draw
+        estimate, log q(z|x) - log p(z) at the same z, for any other.
+        """
         mean, log_var = self.posterior(x)
         eps = standard_normal(mean.shape, generator, like=mean)
         z = mean + torch.exp(0.5 * log_var) * eps
-        return self.log_likelihood(x, z), kl_to_standard_normal(mean, log_var)
+        if self.prior.shape == 2.0:
+            kl = kl_to_standard_normal(mean, log_var)
+        else:
+            log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
+            kl = log_q - self.prior.log_prob(z)
+        return self.log_likelihood(x, z), kl
 
     def loss(self, x, generator):
         reconstruction, kl = self.elbo_terms(x, generator)
@@ -208,7 +225,7 @@ class GaussianVAE(LatentVariableModel):
         z = mean + torch.exp(0.5 * log_var) * eps
         # log q(z|x) written with eps avoids cancelling (z - mean) / sigma.
         log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
-        return self.log_likelihood(x, z) + standard_normal_log_prob(z) - log_q
+        return self.log_likelihood(x, z) + self.prior.log_prob(z) - log_q
 
     def log_prob(self, x, generator, n_samples=100):
         """Importance-weighted (IWAE) estimate of log p(x) with K draws."""
@@ -217,7 +234,7 @@ class GaussianVAE(LatentVariableModel):
 
     def sample(self, n_samples, generator):
         weight = self.decoder[0].weight
-        z = standard_normal((n_samples, self.n_components), generator, like=weight)
+        z = self.prior.sample((n_samples, self.n_components), generator, like=weight)
         if self.likelihood == "bernoulli":
             probabilities = torch.sigmoid(self.decoder(z))
             # Drawn on the generator's device (the CPU), like every draw.
