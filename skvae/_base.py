@@ -136,12 +136,10 @@ class BaseLatentEstimator(
             self._to_tensor(X, device), init_generator, hold_out
         )
 
-        if not resume:
-            # Layers draw throw-away initial weights from the global generator
-            # before _build_module re-draws them from init_generator; forking
-            # keeps the caller's global random stream untouched.
-            with torch.random.fork_rng(devices=[]):
-                module = self._build_module(X.shape[1], init_generator)
+        if resume:
+            module = self.module_
+        else:
+            module = self._new_module(X.shape[1], init_generator)
             module.initialize_from_data(X_train.to("cpu"))
             self._score_seed = int(score_seed)
         if hasattr(self, "net_") and resume:
@@ -150,7 +148,7 @@ class BaseLatentEstimator(
         else:
             # A model read by skvae.load resumes with a new optimiser.
             net = build_net(
-                (module if not resume else self.module_).to(device),
+                module.to(device),
                 generator=torch.Generator().manual_seed(int(train_seed)),
                 X_valid=X_valid,
                 max_epochs=epochs,
@@ -320,6 +318,16 @@ class BaseLatentEstimator(
             )
         self._check_data_domain(X)
         return X
+
+    def _new_module(self, n_features, generator):
+        """The untrained module, leaving the global torch random state alone.
+
+        Layers draw throw-away initial weights from the global generator
+        before _build_module re-draws them from ``generator``; forking keeps
+        the caller's global random stream untouched.
+        """
+        with torch.random.fork_rng(devices=[]):
+            return self._build_module(n_features, generator)
 
     def _validate_codes(self, Z):
         with _quiet_finiteness_check():

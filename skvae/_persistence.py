@@ -285,8 +285,7 @@ def _restore_attributes(estimator, attributes, tensors, path):
 
 
 def _restore_module(estimator, tensors, path):
-    with torch.random.fork_rng(devices=[]):
-        module = estimator._build_module(estimator.n_features_in_, torch.Generator())
+    module = estimator._new_module(estimator.n_features_in_, torch.Generator())
     state = {
         key.removeprefix(_MODULE): tensor
         for key, tensor in tensors.items()

@@ -427,7 +427,7 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
     if module.prior.shape == 2.0:
         Z = rng.standard_normal((n_samples, est.n_components))
     else:
-        generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
+        generator = est._generator(int(rng.randint(_SEED_BOUND)))
         like = torch.empty(0, dtype=torch.float64)
         Z = module.prior.sample((n_samples, est.n_components), generator, like)
         Z = Z.numpy()
@@ -456,10 +456,6 @@ def _posterior(est, module, X):
 
 
 # -- inference gaps ------------------------------------------------------------
-
-
-def _seeded(module, seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def _optimise_gaussian(module, x, mean0, log_var0, generator, options):
@@ -726,18 +722,18 @@ def amortization_gap(
         # Every chunk re-seeds its generators, so rows in different chunks
         # see the same draws and a row's results depend on that row alone.
         *best_q, n_iter = _optimise_gaussian(
-            module, x, *encoder_q, _seeded(module, seeds[0]), options
+            module, x, *encoder_q, est._generator(seeds[0]), options
         )
         with torch.no_grad():
             (elbo, elbo_best), stderr = _elbos(
                 module,
                 x,
                 [encoder_q, best_q],
-                _seeded(module, seeds[1]),
+                est._generator(seeds[1]),
                 n_elbo_samples,
             )
             log_p = _iwae(
-                module, x, *best_q, _seeded(module, seeds[2]), n_importance_samples
+                module, x, *best_q, est._generator(seeds[2]), n_importance_samples
             )
         outputs.append((elbo, elbo_best, log_p, stderr, *best_q, n_iter))
     elbo, elbo_best, log_p, stderr, mean, log_var, n_iter = (
