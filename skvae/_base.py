@@ -1,8 +1,11 @@
 """The scikit-learn side shared by every skvae estimator."""
 
 import copy
+import math
+import sys
 import warnings
 from abc import abstractmethod
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,10 +20,12 @@ from sklearn.base import (
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state, check_scalar
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from torch.overrides import TorchFunctionMode
 
-from ._training import build_net, prepare_run, stopped_early
+from ._training import build_net, converged
+from .exceptions import PosteriorCollapseWarning
 
 FLOAT_DTYPES = (np.float64, np.float32)
 _SEED_BOUND = np.iinfo(np.int32).max
@@ -41,6 +46,7 @@ class BaseLatentEstimator(
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate": [StrOptions({"adaptive", "constant"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -88,10 +94,15 @@ class BaseLatentEstimator(
             The fitted estimator.
         """
         resume = self.warm_start and hasattr(self, "module_")
-        epochs_run = self._train(
-            X, self.max_iter, resume=resume, hold_out=self.early_stopping
+        run = self._train(
+            X,
+            self.max_iter,
+            resume=resume,
+            hold_out=self.early_stopping,
+            schedule=self.learning_rate,
         )
-        self._warn_if_unfinished(self.net_, epochs_run)
+        self._warn_if_unfinished(run)
+        self._warn_if_collapsed()
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -102,9 +113,13 @@ class BaseLatentEstimator(
         (for example slices of a :class:`numpy.memmap`), as many passes over
         the chunks as needed. The weights and the optimiser's state carry
         over from call to call; the first call initialises the model from
-        its chunk. ``early_stopping``, ``max_iter`` and ``warm_start`` do not
-        apply; training stops within a call only if the loss on the chunk
-        stops improving for ``n_iter_no_change`` epochs.
+        its chunk. The learning rate is ``learning_rate_init`` throughout:
+        with no end of the data in sight there is nothing to anneal towards,
+        so lower it with ``set_params`` between passes to anneal by hand.
+        ``early_stopping``, ``max_iter``, ``learning_rate`` and
+        ``warm_start`` do not apply; training stops within a call only if
+        the loss on the chunk stops improving for ``n_iter_no_change``
+        epochs.
 
         Parameters
         ----------
@@ -121,81 +136,187 @@ class BaseLatentEstimator(
             The estimator, trained on one more chunk.
         """
         check_scalar(epochs, "epochs", Integral, min_val=1)
-        self._train(X, epochs, resume=hasattr(self, "module_"), hold_out=False)
+        self._train(
+            X,
+            epochs,
+            resume=hasattr(self, "module_"),
+            hold_out=False,
+            schedule="constant",
+        )
         return self
 
-    def _train(self, X, epochs, resume, hold_out):
-        """Build the net unless resuming, train ``epochs`` epochs, and set the
-        fitted attributes. Returns the number of epochs run."""
+    def _train(self, X, epochs, resume, hold_out, schedule):
+        """Train for at most ``epochs`` epochs and set the fitted attributes.
+
+        A new skorch net drives every run, built from the current parameters,
+        so that ``set_params`` between runs takes effect; a resumed run takes
+        over the module and the optimiser's state. A run that raises leaves
+        the estimator, its weights included, as it was.
+
+        Returns
+        -------
+        run : TrainingRun
+            What the run did.
+        """
+        state_before = dict(vars(self))
+        weights_before = (
+            copy.deepcopy(self.module_.state_dict()) if resume else None
+        )
+        try:
+            return self._run(X, epochs, resume, hold_out, schedule)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(state_before)
+            if weights_before is not None:
+                self.module_.load_state_dict(weights_before)
+                self.module_.eval()
+            raise
+
+    def _run(self, X, epochs, resume, hold_out, schedule):
+        if resume:
+            self._check_architecture()
         X = self._validate(X, reset=not resume)
         device = self._torch_device()
         rng = check_random_state(self.random_state)
-        init_seed, train_seed, score_seed = rng.randint(_SEED_BOUND, size=3)
+        init_seed, train_seed, score_seed, valid_seed = rng.randint(
+            _SEED_BOUND, size=4
+        )
         init_generator = torch.Generator().manual_seed(int(init_seed))
         X_train, X_valid = self._split(
             self._to_tensor(X, device), init_generator, hold_out
         )
 
+        previous_net = getattr(self, "net_", None) if resume else None
         if resume:
             module = self.module_
         else:
             module = self._new_module(X.shape[1], init_generator)
             module.initialize_from_data(X_train.to("cpu"))
             self._score_seed = int(score_seed)
-        if hasattr(self, "net_") and resume:
-            net = self.net_
-            prepare_run(net, X_valid, epochs)
-        else:
-            # A model read by skvae.load resumes with a new optimiser.
-            net = build_net(
-                module.to(device),
-                generator=torch.Generator().manual_seed(int(train_seed)),
-                X_valid=X_valid,
-                max_epochs=epochs,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate_init,
-                n_iter_no_change=self.n_iter_no_change,
-                tol=self.tol,
-                verbose=self.verbose,
-                device=device,
-                callbacks=copy.deepcopy(self.callbacks or []),
-            )
-            net.initialize()
-
+            self._architecture = self._architecture_params()
+        net = build_net(
+            module.to(device),
+            generator=torch.Generator().manual_seed(int(train_seed)),
+            validation_seed=int(valid_seed),
+            X_valid=X_valid,
+            max_epochs=epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate_init,
+            schedule=schedule,
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+            verbose=self.verbose,
+            device=device,
+            callbacks=copy.deepcopy(self.callbacks or []),
+        )
+        net.initialize()
+        if previous_net is not None:
+            # A model read by skvae.load has no optimiser state to take over.
+            net.optimizer_.load_state_dict(previous_net.optimizer_.state_dict())
+            net.history = previous_net.history
         epochs_before = len(net.history)
         net.partial_fit(X_train, epochs=epochs)
         net.module_.eval()
+        run = TrainingRun(
+            epochs=len(net.history) - epochs_before,
+            planned=epochs,
+            converged=converged(net),
+        )
 
+        new_losses = list(net.history[epochs_before:, "train_loss"])
         self.net_ = net
         self.module_ = net.module_
         self.history_ = net.history
-        self.n_iter_ = len(net.history)
-        self.loss_curve_ = list(net.history[:, "train_loss"])
+        self.n_iter_ = (getattr(self, "n_iter_", 0) if resume else 0) + run.epochs
+        self.loss_curve_ = (
+            getattr(self, "loss_curve_", []) if resume else []
+        ) + new_losses
         self.validation_loss_curve_ = (
-            list(net.history[:, "valid_loss"]) if X_valid is not None else None
+            list(net.history[epochs_before:, "valid_loss"])
+            if X_valid is not None
+            else None
         )
         self._after_training(X)
-        return len(net.history) - epochs_before
+        return run
 
-    def _warn_if_unfinished(self, net, epochs_run):
-        # The warnings' stacklevel 4 points past this method, fit and the
-        # _fit_context wrapper, at the caller's line.
-        if stopped_early(net):
+    # Parameters that can change between training runs: everything else
+    # defines the network, which a resumed run keeps.
+    _run_params = frozenset(
+        {
+            "max_iter",
+            "batch_size",
+            "learning_rate_init",
+            "learning_rate",
+            "early_stopping",
+            "validation_fraction",
+            "n_iter_no_change",
+            "tol",
+            "random_state",
+            "verbose",
+            "warm_start",
+            "device",
+            "callbacks",
+            "n_importance_samples",
+            "density_estimate",
+        }
+    )
+
+    def _architecture_params(self):
+        return {
+            key: _comparable(value)
+            for key, value in self.get_params(deep=False).items()
+            if key not in self._run_params
+        }
+
+    def _check_architecture(self):
+        # A model read by skvae.load was built from its current parameters.
+        fitted = getattr(self, "_architecture", None)
+        if fitted is None:
             return
-        if epochs_run < self.max_iter:
+        changed = sorted(
+            key
+            for key, value in self._architecture_params().items()
+            if fitted.get(key) != value
+        )
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} changed since the model was fitted, but "
+                "warm_start and partial_fit keep the fitted network. Set them "
+                "back, or fit a new model (warm_start=False)."
+            )
+
+    def _warn_if_collapsed(self):
+        collapsed = getattr(self, "collapsed_", None)
+        if collapsed is None or collapsed.sum() <= self.n_components / 2:
+            return
+        warnings.warn(
+            f"{type(self).__name__}: {collapsed.sum()} of {self.n_components} "
+            "latents collapsed onto the prior (see collapsed_); the model "
+            "uses fewer dimensions than n_components. Scale the data, use "
+            "fewer latents, or lower beta.",
+            PosteriorCollapseWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+    def _warn_if_unfinished(self, run):
+        if run.converged:
+            return
+        if run.epochs < run.planned:
             warnings.warn(
-                f"Training was interrupted after {epochs_run} of {self.max_iter} "
+                f"Training was interrupted after {run.epochs} of {run.planned} "
                 "epochs; the model keeps the weights of the last finished epoch. "
                 "Call fit again with warm_start=True to resume.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=_user_stacklevel(),
             )
         else:
             warnings.warn(
-                f"{type(self).__name__}: maximum iterations ({self.max_iter}) "
-                "reached and the optimization hasn't converged yet.",
+                f"{type(self).__name__}: the loss was still improving when "
+                f"max_iter={self.max_iter} epochs ran out; the learning rate was "
+                "annealed to finish in time, but the optimum is not reached. "
+                "Increase max_iter.",
                 ConvergenceWarning,
-                stacklevel=4,
+                stacklevel=_user_stacklevel(),
             )
 
     def transform(self, X):
@@ -213,7 +334,7 @@ class BaseLatentEstimator(
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        return self._map_rows(_encode, X, self.n_features_in_, X.dtype)
+        return self._map_rows(_encode, X, X.dtype)
 
     def inverse_transform(self, X):
         """Map codes back to the input space (the decoder's mean).
@@ -230,7 +351,7 @@ class BaseLatentEstimator(
         """
         check_is_fitted(self)
         Z = self._validate_codes(X)
-        return self._map_rows(_decode, Z, self.n_features_in_, Z.dtype)
+        return self._map_rows(_decode, Z, Z.dtype)
 
     @abstractmethod
     def score_samples(self, X):
@@ -276,7 +397,9 @@ class BaseLatentEstimator(
         )
         generator = self._generator(int(rng.randint(_SEED_BOUND)))
         module = self._inference_module(np.float64)
-        rows = self._rows_per_chunk(self.n_features_in_)
+        rows = self._rows_per_chunk(
+            _floats_per_row(lambda n: module.sample(n, self._generator(0)))
+        )
         with torch.no_grad():
             chunks = [
                 _to_array(module.sample(min(rows, n_samples - start), generator))
@@ -322,11 +445,12 @@ class BaseLatentEstimator(
     def _new_module(self, n_features, generator):
         """The untrained module, leaving the global torch random state alone.
 
-        Layers draw throw-away initial weights from the global generator
-        before _build_module re-draws them from ``generator``; forking keeps
-        the caller's global random stream untouched.
+        A user's network draws its initial weights from the global generator,
+        seeded here from ``generator`` so that ``random_state`` decides them;
+        forking keeps the caller's global random stream untouched.
         """
         with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator.initial_seed())
             return self._build_module(n_features, generator)
 
     def _validate_codes(self, Z):
@@ -405,13 +529,21 @@ class BaseLatentEstimator(
             )
         return out
 
-    def _map_rows(self, fn, X, floats_per_row, out_dtype):
+    def _map_rows(self, fn, X, out_dtype):
         """Evaluate ``fn(module, x_chunk)`` over chunks of rows, in X's dtype.
 
-        Chunks bound the memory of inference whatever the number of rows.
+        Chunks bound the memory of inference whatever the number of rows; their
+        size comes from the floats ``fn`` makes for a few probe rows, so it
+        holds for any network without reading its layers.
         """
         module = self._inference_module(X.dtype)
-        rows = self._rows_per_chunk(floats_per_row)
+        probe = X[: _PROBE_ROWS]
+        rows = self._rows_per_chunk(
+            _floats_per_row(
+                lambda n: fn(module, self._to_tensor(probe[:n], dtype=X.dtype)),
+                probe.shape[0],
+            )
+        )
         with torch.no_grad():
             out = [
                 _to_array(
@@ -420,6 +552,75 @@ class BaseLatentEstimator(
                 for start in range(0, X.shape[0], rows)
             ]
         return self._checked(out, out_dtype)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one call of ``fit`` or ``partial_fit`` did."""
+
+    epochs: int
+    planned: int
+    converged: bool
+
+
+def _comparable(value):
+    """A parameter value in a form that compares equal to its equivalents."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return tuple(_comparable(v) for v in np.asarray(value, dtype=object).ravel())
+    return value
+
+
+# Packages whose frames a warning skips to reach the user's line: skvae's
+# own, and the libraries that call fit on the user's behalf.
+_LIBRARY_PACKAGES = frozenset({"skvae", "sklearn", "skorch", "joblib"})
+
+
+def _user_stacklevel():
+    """The ``stacklevel`` at which a warning points at the user's code.
+
+    Counted from the function that calls ``warnings.warn``: the first frame
+    outside skvae, scikit-learn, skorch and joblib, so that a warning raised
+    inside ``Pipeline.fit`` or ``fit_transform`` names the line that called
+    them.
+    """
+    frame, level = sys._getframe(1), 1
+    while (
+        frame.f_back is not None
+        and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_PACKAGES
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+# Rows the cost of an inference function is measured on.
+_PROBE_ROWS = 2
+
+
+class _FloatCounter(TorchFunctionMode):
+    """Counts the elements of every tensor that torch functions return."""
+
+    def __init__(self):
+        super().__init__()
+        self.floats = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in result if isinstance(result, tuple | list) else (result,):
+            if isinstance(value, torch.Tensor):
+                self.floats += value.numel()
+        return result
+
+
+def _floats_per_row(run, n_rows=_PROBE_ROWS):
+    """Elements made per row by ``run(n_rows)``, measured on a few rows.
+
+    Every intermediate tensor counts, views included, so this bounds the
+    memory a chunk needs from above whatever the network inside.
+    """
+    counter = _FloatCounter()
+    with torch.no_grad(), counter:
+        run(n_rows)
+    return math.ceil(counter.floats / n_rows)
 
 
 def _to_array(tensor):

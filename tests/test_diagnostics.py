@@ -35,7 +35,7 @@ def linear_template():
         2,
         encoder_layers=(),
         decoder_layers=(),
-        decoder_variance=1.0,
+        decoder_variance="learned",
         max_iter=1,
         random_state=0,
     )
@@ -54,6 +54,11 @@ def set_linear(template, W, b, decoder_var, A=None, c=None, log_var=None):
     n_components = W.shape[1]
     encoder = module.encoder[0]
     with torch.no_grad():
+        # The fixed buffers around the networks back to the identity, so
+        # that the weights alone define the maps.
+        module.data_shift.zero_()
+        module.data_scale.fill_(1.0)
+        module.decoder_offset.zero_()
         module.decoder[0].weight.copy_(torch.as_tensor(W))
         module.decoder[0].bias.copy_(torch.as_tensor(b))
         module.decoder_log_var_raw.copy_(torch.log(torch.as_tensor(decoder_var)))
@@ -66,7 +71,8 @@ def set_linear(template, W, b, decoder_var, A=None, c=None, log_var=None):
     stored = dict(
         W=module.decoder[0].weight,
         b=module.decoder[0].bias,
-        decoder_var=torch.exp(module.decoder_log_var.double()),
+        # As the float64 copy that scores float64 data computes it.
+        decoder_var=torch.exp(copy.deepcopy(module).double().decoder_log_var),
         A=encoder.weight[:n_components],
         c=encoder.bias[:n_components],
         log_var=encoder.bias[n_components:],

@@ -61,7 +61,6 @@ def _linear_vae_with_exact_posterior(noise_var=0.3, seed=0):
         encoder.weight[:n_components] = torch.from_numpy(A)
         encoder.bias[:n_components] = torch.from_numpy(-A @ b)
         encoder.bias[n_components:] = torch.from_numpy(np.log(post_var))
-        vae.decoder_log_var_raw.fill_(np.log(noise_var))
     marginal = multivariate_normal(b, W @ W.T + noise_var * np.eye(n_features))
     return vae, marginal
 

@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from .mlp import MLP
+
 
 class LatentVariableModel(nn.Module):
     """A latent-variable model as the estimators and the training engine see it.
@@ -87,3 +89,41 @@ class LatentVariableModel(nn.Module):
     def sample(self, n_samples, generator):
         """Draws from the model, shape ``(n_samples, n_features)``."""
         raise NotImplementedError
+
+
+def build_network(
+    constructor, n_inputs, n_outputs, hidden_layers, activation, generator=None
+):
+    """The network a model wraps: the user's, or an :class:`~skvae.nn.MLP`.
+
+    Parameters
+    ----------
+    constructor : type or callable or None
+        An :class:`torch.nn.Module` class or any callable
+        ``(n_inputs, n_outputs) -> nn.Module``; None builds an MLP with
+        ``hidden_layers``.
+    n_inputs, n_outputs : int
+        Widths of the rows the network receives and returns.
+    hidden_layers : sequence of int
+        Hidden widths of the MLP built when ``constructor`` is None.
+    activation : str
+        Non-linearity of that MLP.
+    generator : torch.Generator, default=None
+        Source of the MLP's initial weights. A user's network draws its own
+        from the global generator, which the estimators seed.
+
+    Returns
+    -------
+    network : torch.nn.Module
+        Maps ``(n_rows, n_inputs)`` to ``(n_rows, n_outputs)``.
+    """
+    if constructor is None:
+        return MLP(n_inputs, hidden_layers, n_outputs, activation, generator=generator)
+    network = constructor(n_inputs, n_outputs)
+    if not isinstance(network, nn.Module):
+        raise TypeError(
+            f"{constructor!r} returned a {type(network).__name__}, not a "
+            "torch.nn.Module: a network constructor takes (n_inputs, n_outputs) "
+            "and returns an nn.Module."
+        )
+    return network

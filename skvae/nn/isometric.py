@@ -9,10 +9,8 @@ variance beta / 2, plus a constant, so the model here is a
 quantities the isometric reading gives in one encoder pass.
 """
 
-import math
 
 import torch
-from torch.func import jacrev, vmap
 from torch.nn import functional as F
 
 from .gaussian import LOG_2PI, standard_normal_log_prob
@@ -43,6 +41,9 @@ class IsometricGaussianVAE(GaussianVAE):
         Hidden widths of the decoder; None mirrors the encoder.
     activation : str, default="silu"
         Non-linearity of both networks (see :class:`~skvae.nn.MLP`).
+    encoder, decoder : type or callable, default=None
+        Networks to use instead of the MLPs (see
+        :class:`~skvae.nn.GaussianVAE`).
     generator : torch.Generator, default=None
         Source of randomness for the initial weights.
 
@@ -71,6 +72,8 @@ class IsometricGaussianVAE(GaussianVAE):
         encoder_layers=(256, 256),
         decoder_layers=None,
         activation="silu",
+        encoder=None,
+        decoder=None,
         generator=None,
     ):
         super().__init__(
@@ -82,18 +85,11 @@ class IsometricGaussianVAE(GaussianVAE):
             likelihood="gaussian",
             decoder_variance=beta / 2,
             beta=1.0,
+            encoder=encoder,
+            decoder=decoder,
             generator=generator,
         )
         self.noise_variance = beta / 2
-
-    @property
-    def decoder_log_var(self):
-        """log(beta / 2) for every feature, in the weights' dtype.
-
-        Computed afresh rather than read from the float32 buffer, so that a
-        float64 copy of the model uses log(beta / 2) to float64 precision.
-        """
-        return torch.full_like(self.decoder_log_var_raw, math.log(self.noise_variance))
 
     def isometric_log_prob(self, x):
         """One-pass estimate of log p(x), per row, in nats.
@@ -121,15 +117,6 @@ class IsometricGaussianVAE(GaussianVAE):
         ``beta / 2`` for a latent the decoder ignores.
         """
         return self.noise_variance * torch.exp(-self.posterior(x)[1])
-
-    def decoder_jacobian(self, z):
-        """Jacobian of the decoder mean at each code, ``(n_rows, M, n)``.
-
-        Reverse mode: forward mode would take fewer passes when n < M, but its
-        first use in a process scripts decompositions with the deprecated
-        ``torch.jit.script``, which costs seconds and raises warnings.
-        """
-        return vmap(jacrev(self.decoder))(z)
 
     def isometry(self, x, latents):
         """How far the decoder is from a scaled isometry at each row's code.

@@ -4,8 +4,9 @@ import math
 
 import torch
 from torch import nn
+from torch.func import jacrev, vmap
 
-from .base import LatentVariableModel
+from .base import LatentVariableModel, build_network
 from .gaussian import (
     GeneralizedNormalPrior,
     bernoulli_log_prob,
@@ -15,21 +16,35 @@ from .gaussian import (
     standard_normal,
     standard_normal_log_prob,
 )
-from .mlp import MLP
 
 # Encoder log-variances outside this range carry no information a float32
 # network can use, and exp() of them overflows or underflows.
 ENCODER_LOG_VAR_RANGE = (-30.0, 10.0)
-# A learned decoder variance may not shrink below 1e-6: a Gaussian whose
-# variance collapses onto a data point has unbounded likelihood.
+# A learned decoder variance may not shrink below 1e-6 of the data's scale
+# squared: a Gaussian whose variance collapses onto a data point has
+# unbounded likelihood.
 DECODER_LOG_VAR_MIN = math.log(1e-6)
-# Share of each feature's variance a learned decoder variance starts at.
-INITIAL_VARIANCE_FRACTION = 0.3
+# Floor of a learned decoder variance's starting value, as a share of the
+# data's mean feature variance, for features PCA reconstructs exactly.
+INITIAL_VARIANCE_FLOOR = 1e-3
 
 
 class GaussianVAE(LatentVariableModel):
     """VAE with encoder N(mu(x), diag sigma^2(x)), prior N(0, I), and a
     Gaussian or Bernoulli decoder.
+
+    The encoder and decoder networks are black boxes that map rows to rows:
+    the encoder ``(n_rows, n_features) -> (n_rows, 2 * n_components)``
+    (posterior means, then raw log-variances), the decoder
+    ``(n_rows, n_components) -> (n_rows, n_features)``, or
+    ``2 * n_features`` outputs for a heteroscedastic decoder (means, then
+    log-variances). Everything the model needs around them lives in fixed
+    buffers, set from the training rows by :meth:`initialize_from_data`:
+    the encoder sees rows centred and divided by one scale, the decoder's
+    outputs are scaled back, and its log-variances are offset to start near
+    the residual variance of PCA. The importance samples of :meth:`log_prob`
+    are folded into the rows before they reach the decoder, so a network
+    only ever sees 2-D batches.
 
     Parameters
     ----------
@@ -38,18 +53,20 @@ class GaussianVAE(LatentVariableModel):
     n_components : int
         Dimension of the latent space.
     encoder_layers : sequence of int, default=(256, 256)
-        Hidden widths of the encoder; empty for an affine encoder.
+        Hidden widths of the MLP encoder; empty for an affine encoder. Unused
+        when ``encoder`` is given.
     decoder_layers : sequence of int or None, default=None
-        Hidden widths of the decoder; None mirrors the encoder.
+        Hidden widths of the MLP decoder; None mirrors the encoder. Unused
+        when ``decoder`` is given.
     activation : str, default="silu"
-        Non-linearity of both networks (see :class:`~skvae.nn.MLP`).
+        Non-linearity of the MLPs (see :class:`~skvae.nn.MLP`).
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
         Decoder distribution p(x|z).
     decoder_variance : {"learned", "heteroscedastic"} or float, default="learned"
         Variance of a Gaussian decoder: one learned value per feature; one
         per feature and per code, output by the decoder network beside the
-        mean; or a fixed positive number (small values give the
-        near-deterministic regime).
+        mean; or a fixed positive number in the squared units of the data
+        (small values give the near-deterministic regime).
     beta : float, default=1.0
         Weight of the KL term in the training loss. The density of the model
         (:meth:`log_prob`) does not depend on it.
@@ -58,8 +75,12 @@ class GaussianVAE(LatentVariableModel):
         (``skvae.nn.gaussian.GeneralizedNormalPrior``): 2 is
         N(0, I), with the KL term in closed form; any other shape uses a
         one-draw estimate of it.
+    encoder, decoder : type or callable, default=None
+        Networks to use instead of the MLPs: an ``nn.Module`` class or a
+        callable ``(n_inputs, n_outputs) -> nn.Module`` (see
+        :func:`~skvae.nn.base.build_network`).
     generator : torch.Generator, default=None
-        Source of randomness for the initial weights.
+        Source of randomness for the initial weights of the MLPs.
 
     Examples
     --------
@@ -83,72 +104,85 @@ class GaussianVAE(LatentVariableModel):
         decoder_variance="learned",
         beta=1.0,
         prior_shape=2.0,
+        encoder=None,
+        decoder=None,
         generator=None,
     ):
         super().__init__()
         self.prior = GeneralizedNormalPrior(prior_shape)
         if decoder_layers is None:
             decoder_layers = tuple(reversed(encoder_layers))
+        self.n_features = n_features
         self.n_components = n_components
-        self.decoder_widths = tuple(decoder_layers)
         self.likelihood = likelihood
         self.beta = beta
-        self.encoder = MLP(
-            n_features,
-            encoder_layers,
-            2 * n_components,
-            activation,
-            generator=generator,
-        )
         self.heteroscedastic = (
             likelihood == "gaussian" and decoder_variance == "heteroscedastic"
         )
-        self.decoder = MLP(
+        self.learned_variance = likelihood == "gaussian" and decoder_variance in (
+            "learned",
+            "heteroscedastic",
+        )
+        self.fixed_variance = (
+            None
+            if likelihood != "gaussian" or self.learned_variance
+            else float(decoder_variance)
+        )
+        self.encoder = build_network(
+            encoder, n_features, 2 * n_components, encoder_layers, activation, generator
+        )
+        self.decoder = build_network(
+            decoder,
             n_components,
-            decoder_layers,
             2 * n_features if self.heteroscedastic else n_features,
+            decoder_layers,
             activation,
-            generator=generator,
+            generator,
         )
         if likelihood == "gaussian" and decoder_variance == "learned":
             self.decoder_log_var_raw = nn.Parameter(torch.zeros(n_features))
-        elif likelihood == "gaussian" and not self.heteroscedastic:
-            self.register_buffer(
-                "decoder_log_var_raw",
-                torch.full((n_features,), math.log(decoder_variance)),
-            )
-            self.decoder_log_var_raw.requires_grad_(False)
-        self.learned_variance = decoder_variance in ("learned", "heteroscedastic")
+        # Identity until initialize_from_data: x is seen as (x - shift) / scale.
+        self.register_buffer("data_shift", torch.zeros(n_features))
+        self.register_buffer("data_scale", torch.ones(()))
+        # Added to the decoder's raw log-variances (or, for a Bernoulli
+        # decoder, to its logits) so that training starts near the data.
+        self.register_buffer("decoder_offset", torch.zeros(n_features))
 
-    def initialize_from_data(self, x, variance_fraction=INITIAL_VARIANCE_FRACTION):
-        """Start centred on the data, with a decoder that must use its code.
+    def initialize_from_data(self, x):
+        """Set the fixed buffers around the networks from the training rows.
 
-        The encoder's first layer is shifted to see centred rows and the
-        decoder's output starts at the data mean (for a Bernoulli decoder, at
-        its logit), so training need not first learn the offset. A learned
-        decoder variance starts at ``variance_fraction`` of each feature's
-        variance: started at 1, a decoder explains the data as noise, every
-        latent collapses and stays collapsed for hundreds of epochs.
+        The encoder sees rows centred on the data mean and divided by the
+        root mean feature variance; the decoder's output is scaled back and
+        starts at the data mean (for a Bernoulli decoder, at its logit), so
+        training need not first learn the data's location and units. A
+        learned decoder variance starts at each feature's residual variance
+        after PCA with ``n_components`` components, the optimum of the linear
+        model: started larger (at 1, or at a fixed share of the variance), a
+        decoder explains structure as noise and latents collapse before the
+        encoder has learned to use them.
         """
+        x = x.to(torch.float64)
         mean = x.mean(0)
-        n_features = x.shape[1]
+        centred = x - mean
+        variance = centred.square().mean(0)
+        scale = variance.mean().sqrt()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         with torch.no_grad():
-            first, last = self.encoder[0], self.decoder[-1]
-            first.bias -= first.weight @ mean
+            self.data_shift.copy_(mean)
+            self.data_scale.copy_(scale)
             if self.likelihood == "bernoulli":
-                last.bias.copy_(torch.logit(mean, eps=1e-4))
-            else:
-                last.bias[:n_features] = mean
-            if self.likelihood == "gaussian" and self.learned_variance:
-                variance = variance_fraction * x.var(0, correction=0)
-                log_var = torch.log(variance.clamp_min(1e-5))
-                # Invert soft_lower_bound so that the log-variance starts at log_var.
-                excess = log_var - DECODER_LOG_VAR_MIN
-                raw = DECODER_LOG_VAR_MIN + excess + torch.log(-torch.expm1(-excess))
-                if self.heteroscedastic:
-                    last.bias[n_features:] = raw
-                else:
-                    self.decoder_log_var_raw.copy_(raw)
+                self.decoder_offset.copy_(torch.logit(mean, eps=1e-4))
+            elif self.learned_variance:
+                residual = _pca_residual_variance(centred / scale, self.n_components)
+                # Standardized units: the mean feature variance is 1.
+                self.decoder_offset.copy_(
+                    torch.log(residual.clamp_min(INITIAL_VARIANCE_FLOOR))
+                )
+
+    def _decoder_output(self, z):
+        """The decoder network on codes of any leading shape, as 2-D rows."""
+        out = self.decoder(z.reshape(-1, self.n_components))
+        return out.reshape(*z.shape[:-1], out.shape[-1])
 
     @property
     def decoder_log_var(self):
@@ -160,30 +194,39 @@ class GaussianVAE(LatentVariableModel):
                 "use decoder_mean_and_log_var(z)."
             )
         if self.learned_variance:
-            return soft_lower_bound(self.decoder_log_var_raw, DECODER_LOG_VAR_MIN)
-        return self.decoder_log_var_raw
+            return self._scaled_log_var(self.decoder_log_var_raw)
+        return torch.full_like(self.decoder_offset, math.log(self.fixed_variance))
+
+    def _scaled_log_var(self, raw):
+        # The floor is relative to the data's scale, like everything learned.
+        standardized = soft_lower_bound(raw + self.decoder_offset, DECODER_LOG_VAR_MIN)
+        return standardized + 2 * torch.log(self.data_scale)
 
     def decoder_mean_and_log_var(self, z):
         """Mean and log-variance of a Gaussian p(x|z), each ``(..., n_features)``.
 
-        The log-variance broadcasts against the mean: it has one value per
-        feature unless the decoder is heteroscedastic.
+        In the units of the data. The log-variance broadcasts against the
+        mean: it has one value per feature unless the decoder is
+        heteroscedastic.
         """
-        out = self.decoder(z)
+        out = self._decoder_output(z)
         if self.heteroscedastic:
-            mean, raw = out.chunk(2, dim=-1)
-            return mean, soft_lower_bound(raw, DECODER_LOG_VAR_MIN)
-        return out, self.decoder_log_var
+            out, raw = out.chunk(2, dim=-1)
+            log_var = self._scaled_log_var(raw)
+        else:
+            log_var = self.decoder_log_var
+        return self.data_shift + self.data_scale * out, log_var
 
     def posterior(self, x):
         """Mean and log-variance of q(z|x), each ``(n_rows, n_components)``."""
-        mean, log_var = self.encoder(x).chunk(2, dim=-1)
+        standardized = (x - self.data_shift) / self.data_scale
+        mean, log_var = self.encoder(standardized).chunk(2, dim=-1)
         return mean, log_var.clamp(*ENCODER_LOG_VAR_RANGE)
 
     def log_likelihood(self, x, z):
         """log p(x|z) for ``z`` of shape ``(..., n_rows, n_components)``."""
         if self.likelihood == "bernoulli":
-            return bernoulli_log_prob(x, self.decoder(z))
+            return bernoulli_log_prob(x, self._logits(z))
         return diagonal_normal_log_prob(x, *self.decoder_mean_and_log_var(z))
 
     def elbo_terms(self, x, generator):
@@ -209,10 +252,26 @@ class GaussianVAE(LatentVariableModel):
     def encode(self, x):
         return self.posterior(x)[0]
 
+    def _logits(self, z):
+        return self._decoder_output(z) + self.decoder_offset
+
     def decode(self, z):
         if self.likelihood == "bernoulli":
-            return torch.sigmoid(self.decoder(z))
+            return torch.sigmoid(self._logits(z))
         return self.decoder_mean_and_log_var(z)[0]
+
+    def decoder_jacobian(self, z):
+        """Jacobian of the decoder mean at each code, shape ``(n_rows, M, n)``.
+
+        Reverse mode: forward mode would take fewer passes when n < M, but its
+        first use in a process scripts decompositions with the deprecated
+        ``torch.jit.script``, which costs seconds and raises warnings.
+        """
+
+        def decode_one(code):
+            return self.decode(code.unsqueeze(0)).squeeze(0)
+
+        return vmap(jacrev(decode_one))(z)
 
     def importance_log_weights(self, x, generator, n_samples):
         """log p(x, z_k) - log q(z_k|x) for K draws, shape ``(K, n_rows)``.
@@ -233,14 +292,28 @@ class GaussianVAE(LatentVariableModel):
         return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
 
     def sample(self, n_samples, generator):
-        weight = self.decoder[0].weight
-        z = self.prior.sample((n_samples, self.n_components), generator, like=weight)
+        like = self.data_shift
+        z = self.prior.sample((n_samples, self.n_components), generator, like=like)
         if self.likelihood == "bernoulli":
-            probabilities = torch.sigmoid(self.decoder(z))
+            probabilities = torch.sigmoid(self._logits(z))
             # Drawn on the generator's device (the CPU), like every draw.
             return torch.bernoulli(probabilities.cpu(), generator=generator).to(
-                weight.device
+                like.device
             )
         mean, log_var = self.decoder_mean_and_log_var(z)
         noise = standard_normal(mean.shape, generator, like=mean)
         return mean + torch.exp(0.5 * log_var) * noise
+
+
+def _pca_residual_variance(centred, n_components):
+    """Per-feature variance PCA with ``n_components`` components leaves unexplained.
+
+    The diagonal of the covariance minus its rank-``n_components``
+    eigen-approximation: the decoder variance of probabilistic PCA's optimum,
+    feature by feature.
+    """
+    covariance = centred.T @ centred / len(centred)
+    eigval, eigvec = torch.linalg.eigh(covariance)
+    kept = eigvec[:, eigval.argsort(descending=True)[:n_components]]
+    explained = (kept @ (kept.T @ covariance)).diagonal()
+    return (covariance.diagonal() - explained).clamp_min(0.0)
