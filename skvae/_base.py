@@ -376,8 +376,10 @@ class BaseLatentEstimator(
             device = next(self.module_.parameters()).device
         if sp.issparse(X):
             X = X.toarray()
-        # A copy: torch cannot share memory with read-only arrays (memmaps).
-        return torch.tensor(np.asarray(X, dtype=dtype), device=device)
+        # A C-ordered copy: torch cannot share memory with read-only arrays
+        # (memmaps), nor hold the negative strides of views such as X[::-1].
+        X = np.array(X, dtype=dtype, order="C", copy=True)
+        return torch.from_numpy(X).to(device)
 
     def _inference_module(self, dtype):
         """The fitted module evaluated in ``dtype`` (float32 or float64).

@@ -3,8 +3,10 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 
@@ -143,3 +145,40 @@ def test_awkward_data_works_or_fails_clearly(est, make):
         return
     for out in (est.transform(X), est.score_samples(X), est.sample(3)):
         assert np.all(np.isfinite(out))
+
+
+def _reordered_frame_values(X):
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    return frame[frame.columns[::-1]].values
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=ids)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "view",
+    [
+        pytest.param(lambda X: X[::-1], id="reversed-rows"),
+        pytest.param(np.flip, id="flipped"),
+        pytest.param(_reordered_frame_values, id="reordered-frame-values"),
+    ],
+)
+def test_negative_strides_give_the_results_of_a_contiguous_copy(est, dtype, view):
+    X = view(ppca_rows(200).astype(dtype))
+    assert any(stride < 0 for stride in X.strides)
+    X_copy = np.ascontiguousarray(X)
+    fits = [clone(est), clone(est)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fits[0].fit(X)
+        fits[1].fit(X_copy)
+        fits[0].partial_fit(X)
+        fits[1].partial_fit(X_copy)
+    on_view, on_copy = fits
+    Z = on_copy.transform(X_copy)
+    np.testing.assert_array_equal(on_view.transform(X), Z)
+    np.testing.assert_array_equal(
+        on_view.score_samples(X), on_copy.score_samples(X_copy)
+    )
+    np.testing.assert_array_equal(
+        on_view.inverse_transform(Z[::-1]), on_copy.inverse_transform(Z[::-1].copy())
+    )
