@@ -66,6 +66,10 @@ class BaseLatentEstimator(
     def _after_training(self, X):
         """Set fitted attributes derived from the trained model and its rows."""
 
+    def _floats_per_row(self):
+        """Floats a row holds at once while it is encoded or decoded."""
+        return self.n_features_in_
+
     @property
     def _n_features_out(self):
         check_is_fitted(self)
@@ -213,7 +217,7 @@ class BaseLatentEstimator(
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        return self._map_rows(_encode, X, self.n_features_in_, X.dtype)
+        return self._map_rows(_encode, X, self._floats_per_row(), X.dtype)
 
     def inverse_transform(self, X):
         """Map codes back to the input space (the decoder's mean).
@@ -230,7 +234,7 @@ class BaseLatentEstimator(
         """
         check_is_fitted(self)
         Z = self._validate_codes(X)
-        return self._map_rows(_decode, Z, self.n_features_in_, Z.dtype)
+        return self._map_rows(_decode, Z, self._floats_per_row(), Z.dtype)
 
     @abstractmethod
     def score_samples(self, X):
@@ -278,11 +282,11 @@ class BaseLatentEstimator(
         module = self._inference_module(np.float64)
         rows = self._rows_per_chunk(self.n_features_in_)
         with torch.no_grad():
-            chunks = [
-                _to_array(module.sample(min(rows, n_samples - start), generator))
+            chunks = (
+                module.sample(min(rows, n_samples - start), generator)
                 for start in range(0, n_samples, rows)
-            ]
-        return self._checked(chunks, np.float64)
+            )
+            return self._gather(chunks, n_samples, np.float64)
 
     def __getstate__(self):
         # A copy: BaseEstimator returns the instance's own __dict__.
@@ -394,14 +398,35 @@ class BaseLatentEstimator(
             return self.module_
         return copy.deepcopy(self.module_).to(torch.float64)
 
-    def _checked(self, chunks, dtype):
-        """The chunks of output as one array of ``dtype``, all finite."""
-        out = np.concatenate(chunks).astype(dtype, copy=False)
-        bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
-        if bad.any():
+    def _gather(self, chunks, n_rows, dtype):
+        """The outputs of ``chunks``, tensors in row order, as one array of
+        ``dtype``, all finite.
+
+        The array is allocated once and each chunk's output is copied into
+        it as it comes. Chunk outputs kept until a final join fragment
+        glibc's heap: each sits among the large buffers its chunk freed,
+        which later chunks then cannot reuse, so the resident memory grows
+        with the number of chunks. Scoring a million rows held 2.2 GiB
+        instead of about 40 MiB while the kept outputs were tensors, and
+        ``INNAutoencoder.transform`` still grew by 10 MiB a chunk with NumPy
+        copies (benchmarks/bench_scale.py memory and transform). A join
+        would also double the output's memory.
+        """
+        out, first_bad, n_bad, start = None, None, 0, 0
+        for chunk in chunks:
+            if out is None:
+                out = np.empty((n_rows, *chunk.shape[1:]), dtype=dtype)
+            stop = start + len(chunk)
+            out[start:stop] = chunk.detach().cpu().numpy()
+            bad = ~np.isfinite(out[start:stop]).reshape(stop - start, -1).all(axis=1)
+            if first_bad is None and bad.any():
+                first_bad = start + np.flatnonzero(bad)[0]
+            n_bad += int(bad.sum())
+            start = stop
+        if n_bad:
             raise ValueError(
                 f"{type(self).__name__} produced non-finite values for "
-                f"{bad.sum()} row(s) (first: row {np.flatnonzero(bad)[0]}). The "
+                f"{n_bad} row(s) (first: row {first_bad}). The "
                 "input is probably far outside the range of the training data; "
                 "scale it as the training data was scaled."
             )
@@ -415,24 +440,11 @@ class BaseLatentEstimator(
         module = self._inference_module(X.dtype)
         rows = self._rows_per_chunk(floats_per_row)
         with torch.no_grad():
-            out = [
-                _to_array(
-                    fn(module, self._to_tensor(X[start : start + rows], dtype=X.dtype))
-                )
+            chunks = (
+                fn(module, self._to_tensor(X[start : start + rows], dtype=X.dtype))
                 for start in range(0, X.shape[0], rows)
-            ]
-        return self._checked(out, out_dtype)
-
-
-def _to_array(tensor):
-    """A NumPy copy of one chunk's output, so that no torch storage outlives
-    its chunk.
-
-    Keeping each chunk's small output tensor until the end fragments glibc's
-    heap: scoring a million rows then held 2.2 GiB instead of about 40 MiB
-    (benchmarks/bench_scale.py memory).
-    """
-    return np.array(tensor.detach().cpu().numpy(), copy=True)
+            )
+            return self._gather(chunks, X.shape[0], out_dtype)
 
 
 def _quiet_finiteness_check():

@@ -1,5 +1,6 @@
 """Out-of-core training, devices, bounded-memory inference and awkward data."""
 
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -182,3 +183,53 @@ def test_negative_strides_give_the_results_of_a_contiguous_copy(est, dtype, view
     np.testing.assert_array_equal(
         on_view.inverse_transform(Z[::-1]), on_copy.inverse_transform(Z[::-1].copy())
     )
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=ids)
+def test_chunk_outputs_go_straight_into_the_result(est):
+    # Kept chunk outputs joined at the end fragment the heap and double the
+    # output's memory: NumPy's allocations, which tracemalloc counts exactly,
+    # must peak near the size of the result alone.
+    est = clone(est)
+    X = ppca_rows(20_000).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X[:500])
+    if "n_importance_samples" in est.get_params():
+        est.set_params(n_importance_samples=2)
+    est._inference_budget = 200 * est._floats_per_row()  # 100 chunks
+    for method in (est.transform, est.score_samples):
+        tracemalloc.start()
+        try:
+            out = method(X)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1.5 * out.nbytes
+
+
+def test_inn_transform_chunks_rows_by_the_networks_cost():
+    est = clone(ESTIMATORS[1])
+    X = ppca_rows(600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    est._inference_budget = 2**12
+    chunk_rows = []
+    hook = est.module_.net.couplings[0].subnet1.register_forward_hook(
+        lambda module, args, output: chunk_rows.append(len(args[0]))
+    )
+    try:
+        calls = {}
+        for method, data in [
+            (est.score_samples, X),
+            (est.transform, X),
+            (est.inverse_transform, np.zeros((600, 2))),
+        ]:
+            chunk_rows.clear()
+            method(data)
+            calls[method.__name__] = list(chunk_rows)
+    finally:
+        hook.remove()
+    assert len(calls["score_samples"]) > 1
+    assert calls["transform"] == calls["inverse_transform"] == calls["score_samples"]
