@@ -63,8 +63,12 @@ class BaseLatentEstimator(
     def _check_data_domain(self, X):
         """Reject values the model's likelihood cannot describe."""
 
-    def _after_training(self, X):
-        """Set fitted attributes derived from the trained model and its rows."""
+    def _after_training(self, X, incremental):
+        """Set fitted attributes derived from the trained model and its rows.
+
+        ``incremental`` is True for ``partial_fit``, whose rows add to those
+        of the calls before it.
+        """
 
     def _floats_per_row(self):
         """Floats a row holds at once while it is encoded or decoded."""
@@ -93,7 +97,11 @@ class BaseLatentEstimator(
         """
         resume = self.warm_start and hasattr(self, "module_")
         epochs_run = self._train(
-            X, self.max_iter, resume=resume, hold_out=self.early_stopping
+            X,
+            self.max_iter,
+            resume=resume,
+            hold_out=self.early_stopping,
+            incremental=False,
         )
         self._warn_if_unfinished(self.net_, epochs_run)
         return self
@@ -125,10 +133,16 @@ class BaseLatentEstimator(
             The estimator, trained on one more chunk.
         """
         check_scalar(epochs, "epochs", Integral, min_val=1)
-        self._train(X, epochs, resume=hasattr(self, "module_"), hold_out=False)
+        self._train(
+            X,
+            epochs,
+            resume=hasattr(self, "module_"),
+            hold_out=False,
+            incremental=True,
+        )
         return self
 
-    def _train(self, X, epochs, resume, hold_out):
+    def _train(self, X, epochs, resume, hold_out, incremental):
         """Build the net unless resuming, train ``epochs`` epochs, and set the
         fitted attributes. Returns the number of epochs run."""
         X = self._validate(X, reset=not resume)
@@ -178,7 +192,7 @@ class BaseLatentEstimator(
         self.validation_loss_curve_ = (
             list(net.history[:, "valid_loss"]) if X_valid is not None else None
         )
-        self._after_training(X)
+        self._after_training(X, incremental)
         return len(net.history) - epochs_before
 
     def _warn_if_unfinished(self, net, epochs_run):
