@@ -340,10 +340,18 @@ class BaseLatentEstimator(
     def _new_module(self, n_features, generator):
         """The untrained module, leaving the global torch random state alone.
 
-        Layers draw throw-away initial weights from the global generator
-        before _build_module re-draws them from ``generator``; forking keeps
-        the caller's global random stream untouched.
+        Every module is built here (fit and skvae.load), so the check of
+        n_components against the width of the data is common to all
+        estimators. Layers draw throw-away initial weights from the global
+        generator before _build_module re-draws them from ``generator``;
+        forking keeps the caller's global random stream untouched.
         """
+        if self.n_components > n_features:
+            raise ValueError(
+                f"n_components={self.n_components} must be at most "
+                f"n_features={n_features}: a row of {n_features} features "
+                "needs no longer code."
+            )
         with torch.random.fork_rng(devices=[]):
             return self._build_module(n_features, generator)
 

@@ -47,7 +47,7 @@ class IsometricVAE(BaseLatentEstimator):
     Parameters
     ----------
     n_components : int, default=2
-        Number of latent dimensions.
+        Number of latent dimensions; at most the number of features.
     beta : float, default=0.1
         Weight of the KL term against the sum of squared errors; the decoder
         variance is ``beta / 2``. Latents whose PCA-like eigenvalue would fall

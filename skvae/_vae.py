@@ -25,7 +25,7 @@ class VAETransformer(BaseLatentEstimator):
     Parameters
     ----------
     n_components : int, default=2
-        Number of latent dimensions.
+        Number of latent dimensions; at most the number of features.
     encoder_layers : tuple of int, default=(256, 256)
         Hidden layer widths of the encoder; ``()`` makes it affine.
     decoder_layers : tuple of int or None, default=None

@@ -148,6 +148,15 @@ def test_awkward_data_works_or_fails_clearly(est, make):
         assert np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize("est", ESTIMATORS, ids=ids)
+def test_code_longer_than_the_rows_is_a_clear_error(est):
+    est = clone(est).set_params(n_components=4)
+    with pytest.raises(ValueError, match="n_components=4 must be at most n_features=3"):
+        est.fit(ppca_rows(20)[:, :3])
+    with pytest.raises(ValueError, match="n_components=4 must be at most n_features=3"):
+        est.partial_fit(ppca_rows(20)[:, :3])
+
+
 def _reordered_frame_values(X):
     frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
     return frame[frame.columns[::-1]].values
