@@ -410,11 +410,13 @@ class BaseLatentEstimator(
     def _inference_module(self, dtype):
         """The fitted module evaluated in ``dtype`` (float32 or float64).
 
-        Training runs in float32. Float32 matrix products round differently
-        for different numbers of rows, so a row's output would shift in its
-        last bit with the chunk it lands in; a float64 copy for float64 data
-        keeps every row's result independent of the others, as scikit-learn
-        requires, and costs one copy of the weights per call.
+        Training runs in float32. Matrix products round the rows that BLAS
+        leaves over from its blocks of rows differently, so a row's output
+        shifts in its last bits with the chunk it lands in: by up to 4e-7 of
+        the output's scale in float32, more than the 1e-7 scikit-learn
+        tolerates between a row's result alone and in a batch. A float64
+        copy for float64 data keeps the shift within 1e-13
+        (docs/developers.rst), and costs one copy of the weights per call.
         """
         if dtype == np.float32:
             return self.module_
