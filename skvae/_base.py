@@ -177,6 +177,7 @@ class BaseLatentEstimator(
                 verbose=self.verbose,
                 device=device,
                 callbacks=copy.deepcopy(self.callbacks or []),
+                name=type(self).__name__,
             )
             net.initialize()
 
