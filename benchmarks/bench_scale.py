@@ -3,6 +3,7 @@
 Run by hand on a quiet machine (tests never time anything)::
 
     python benchmarks/bench_scale.py memory [--rows 1000000]
+    python benchmarks/bench_scale.py transform --estimator inn [--rows 8000000]
     python benchmarks/bench_scale.py chunking [--rows 20000]
     python benchmarks/bench_scale.py search [--epochs 100]
 
@@ -10,6 +11,10 @@ Run by hand on a quiet machine (tests never time anything)::
 samples on ``--rows`` x 64 float32 rows, above the memory held before the
 call (the input and the model). Linux only: the peak is read from
 ``/proc/self/status`` after resetting it through ``/proc/self/clear_refs``.
+
+``transform``: peak resident memory of ``transform`` on ``--rows`` x 32
+float32 rows, for one estimator per run (a fresh process, so that no
+earlier call has shaped the heap), measured as for ``memory``.
 
 ``chunking``: time and peak memory of ``score_samples`` in skvae's bounded
 chunks against one pass over all rows at once, on data that fits.
@@ -31,12 +36,18 @@ from joblib import parallel_backend
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
-from skvae import VAETransformer
+from skvae import INNAutoencoder, IsometricVAE, VAETransformer
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 
 N_FEATURES = 64
 MODEL = dict(n_components=8, encoder_layers=(64, 64), n_importance_samples=100)
+TRANSFORMERS = {
+    "vae": lambda: VAETransformer(8, encoder_layers=(64, 64)),
+    "inn": lambda: INNAutoencoder(8, subnet_layers=(64, 64)),
+    "isometric": lambda: IsometricVAE(8, encoder_layers=(64, 64)),
+}
+TRANSFORM_FEATURES = 32
 
 
 def _memory_kib(field):
@@ -71,6 +82,15 @@ def bench_memory(n_rows):
     log_p, seconds, peak = _peak_above_current(lambda: est.score_samples(X))
     assert np.isfinite(log_p).all()
     return X.nbytes / 2**20, peak, seconds
+
+
+def bench_transform(name, n_rows):
+    rng = np.random.default_rng(0)
+    est = TRANSFORMERS[name]().set_params(max_iter=2, random_state=0)
+    est.fit(rng.normal(size=(2000, TRANSFORM_FEATURES)).astype(np.float32))
+    X = rng.normal(size=(n_rows, TRANSFORM_FEATURES)).astype(np.float32)
+    Z, seconds, peak = _peak_above_current(lambda: est.transform(X))
+    return X.nbytes / 2**20, Z.nbytes / 2**20, peak, seconds
 
 
 def bench_chunking(n_rows, repeats):
@@ -127,8 +147,9 @@ def bench_search(repeats, epochs):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["memory", "chunking", "search"])
+    parser.add_argument("part", choices=["memory", "transform", "chunking", "search"])
     parser.add_argument("--rows", type=int)
+    parser.add_argument("--estimator", choices=sorted(TRANSFORMERS), default="inn")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=100)
     args = parser.parse_args()
@@ -140,6 +161,18 @@ def main():
         print("|---|---|---|---|")
         print(
             f"| {rows} x {N_FEATURES} | {input_mib:.0f} | {peak:.0f} | {seconds:.0f} |"
+        )
+    elif args.part == "transform":
+        rows = args.rows or 8_000_000
+        input_mib, output_mib, peak, seconds = bench_transform(args.estimator, rows)
+        print(
+            "| estimator | rows x features | input (MiB) | output (MiB) "
+            "| peak above input (MiB) | time (s) |"
+        )
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| {args.estimator} | {rows} x {TRANSFORM_FEATURES} | {input_mib:.0f} "
+            f"| {output_mib:.0f} | {peak:.0f} | {seconds:.0f} |"
         )
     elif args.part == "chunking":
         rows = args.rows or 20_000

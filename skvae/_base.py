@@ -69,8 +69,12 @@ class BaseLatentEstimator(
     def _check_data_domain(self, X):
         """Reject values the model's likelihood cannot describe."""
 
-    def _after_training(self, X):
-        """Set fitted attributes derived from the trained model and its rows."""
+    def _after_training(self, X, incremental):
+        """Set fitted attributes derived from the trained model and its rows.
+
+        ``incremental`` is True for ``partial_fit``, whose rows add to those
+        of the calls before it.
+        """
 
     @property
     def _n_features_out(self):
@@ -100,6 +104,7 @@ class BaseLatentEstimator(
             resume=resume,
             hold_out=self.early_stopping,
             schedule=self.learning_rate,
+            incremental=False,
         )
         self._warn_if_unfinished(run)
         self._warn_if_collapsed()
@@ -142,10 +147,11 @@ class BaseLatentEstimator(
             resume=hasattr(self, "module_"),
             hold_out=False,
             schedule="constant",
+            incremental=True,
         )
         return self
 
-    def _train(self, X, epochs, resume, hold_out, schedule):
+    def _train(self, X, epochs, resume, hold_out, schedule, incremental):
         """Train for at most ``epochs`` epochs and set the fitted attributes.
 
         A new skorch net drives every run, built from the current parameters,
@@ -159,11 +165,9 @@ class BaseLatentEstimator(
             What the run did.
         """
         state_before = dict(vars(self))
-        weights_before = (
-            copy.deepcopy(self.module_.state_dict()) if resume else None
-        )
+        weights_before = copy.deepcopy(self.module_.state_dict()) if resume else None
         try:
-            return self._run(X, epochs, resume, hold_out, schedule)
+            return self._run(X, epochs, resume, hold_out, schedule, incremental)
         except BaseException:
             vars(self).clear()
             vars(self).update(state_before)
@@ -172,15 +176,13 @@ class BaseLatentEstimator(
                 self.module_.eval()
             raise
 
-    def _run(self, X, epochs, resume, hold_out, schedule):
+    def _run(self, X, epochs, resume, hold_out, schedule, incremental):
         if resume:
             self._check_architecture()
         X = self._validate(X, reset=not resume)
         device = self._torch_device()
         rng = check_random_state(self.random_state)
-        init_seed, train_seed, score_seed, valid_seed = rng.randint(
-            _SEED_BOUND, size=4
-        )
+        init_seed, train_seed, score_seed, valid_seed = rng.randint(_SEED_BOUND, size=4)
         init_generator = torch.Generator().manual_seed(int(init_seed))
         X_train, X_valid = self._split(
             self._to_tensor(X, device), init_generator, hold_out
@@ -208,6 +210,7 @@ class BaseLatentEstimator(
             verbose=self.verbose,
             device=device,
             callbacks=copy.deepcopy(self.callbacks or []),
+            name=type(self).__name__,
         )
         net.initialize()
         if previous_net is not None:
@@ -236,7 +239,7 @@ class BaseLatentEstimator(
             if X_valid is not None
             else None
         )
-        self._after_training(X)
+        self._after_training(X, incremental)
         return run
 
     # Parameters that can change between training runs: everything else
@@ -401,11 +404,11 @@ class BaseLatentEstimator(
             _floats_per_row(lambda n: module.sample(n, self._generator(0)))
         )
         with torch.no_grad():
-            chunks = [
-                _to_array(module.sample(min(rows, n_samples - start), generator))
+            chunks = (
+                module.sample(min(rows, n_samples - start), generator)
                 for start in range(0, n_samples, rows)
-            ]
-        return self._checked(chunks, np.float64)
+            )
+            return self._gather(chunks, n_samples, np.float64)
 
     def __getstate__(self):
         # A copy: BaseEstimator returns the instance's own __dict__.
@@ -445,10 +448,19 @@ class BaseLatentEstimator(
     def _new_module(self, n_features, generator):
         """The untrained module, leaving the global torch random state alone.
 
-        A user's network draws its initial weights from the global generator,
-        seeded here from ``generator`` so that ``random_state`` decides them;
-        forking keeps the caller's global random stream untouched.
+        Every module is built here (fit and skvae.load), so the check of
+        n_components against the width of the data is common to all
+        estimators. A user's network draws its initial weights from the
+        global generator, seeded here from ``generator`` so that
+        ``random_state`` decides them; forking keeps the caller's global
+        random stream untouched.
         """
+        if self.n_components > n_features:
+            raise ValueError(
+                f"n_components={self.n_components} must be at most "
+                f"n_features={n_features}: a row of {n_features} features "
+                "needs no longer code."
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generator.initial_seed())
             return self._build_module(n_features, generator)
@@ -500,30 +512,55 @@ class BaseLatentEstimator(
             device = next(self.module_.parameters()).device
         if sp.issparse(X):
             X = X.toarray()
-        # A copy: torch cannot share memory with read-only arrays (memmaps).
-        return torch.tensor(np.asarray(X, dtype=dtype), device=device)
+        # A C-ordered copy: torch cannot share memory with read-only arrays
+        # (memmaps), nor hold the negative strides of views such as X[::-1].
+        X = np.array(X, dtype=dtype, order="C", copy=True)
+        return torch.from_numpy(X).to(device)
 
     def _inference_module(self, dtype):
         """The fitted module evaluated in ``dtype`` (float32 or float64).
 
-        Training runs in float32. Float32 matrix products round differently
-        for different numbers of rows, so a row's output would shift in its
-        last bit with the chunk it lands in; a float64 copy for float64 data
-        keeps every row's result independent of the others, as scikit-learn
-        requires, and costs one copy of the weights per call.
+        Training runs in float32. Matrix products round the rows that BLAS
+        leaves over from its blocks of rows differently, so a row's output
+        shifts in its last bits with the chunk it lands in: by up to 4e-7 of
+        the output's scale in float32, more than the 1e-7 scikit-learn
+        tolerates between a row's result alone and in a batch. A float64
+        copy for float64 data keeps the shift within 1e-13
+        (docs/developers.rst), and costs one copy of the weights per call.
         """
         if dtype == np.float32:
             return self.module_
         return copy.deepcopy(self.module_).to(torch.float64)
 
-    def _checked(self, chunks, dtype):
-        """The chunks of output as one array of ``dtype``, all finite."""
-        out = np.concatenate(chunks).astype(dtype, copy=False)
-        bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
-        if bad.any():
+    def _gather(self, chunks, n_rows, dtype):
+        """The outputs of ``chunks``, tensors in row order, as one array of
+        ``dtype``, all finite.
+
+        The array is allocated once and each chunk's output is copied into
+        it as it comes. Chunk outputs kept until a final join fragment
+        glibc's heap: each sits among the large buffers its chunk freed,
+        which later chunks then cannot reuse, so the resident memory grows
+        with the number of chunks. Scoring a million rows held 2.2 GiB
+        instead of about 40 MiB while the kept outputs were tensors, and
+        ``INNAutoencoder.transform`` still grew by 10 MiB a chunk with NumPy
+        copies (benchmarks/bench_scale.py memory and transform). A join
+        would also double the output's memory.
+        """
+        out, first_bad, n_bad, start = None, None, 0, 0
+        for chunk in chunks:
+            if out is None:
+                out = np.empty((n_rows, *chunk.shape[1:]), dtype=dtype)
+            stop = start + len(chunk)
+            out[start:stop] = chunk.detach().cpu().numpy()
+            bad = ~np.isfinite(out[start:stop]).reshape(stop - start, -1).all(axis=1)
+            if first_bad is None and bad.any():
+                first_bad = start + np.flatnonzero(bad)[0]
+            n_bad += int(bad.sum())
+            start = stop
+        if n_bad:
             raise ValueError(
                 f"{type(self).__name__} produced non-finite values for "
-                f"{bad.sum()} row(s) (first: row {np.flatnonzero(bad)[0]}). The "
+                f"{n_bad} row(s) (first: row {first_bad}). The "
                 "input is probably far outside the range of the training data; "
                 "scale it as the training data was scaled."
             )
@@ -537,7 +574,7 @@ class BaseLatentEstimator(
         holds for any network without reading its layers.
         """
         module = self._inference_module(X.dtype)
-        probe = X[: _PROBE_ROWS]
+        probe = X[:_PROBE_ROWS]
         rows = self._rows_per_chunk(
             _floats_per_row(
                 lambda n: fn(module, self._to_tensor(probe[:n], dtype=X.dtype)),
@@ -545,13 +582,11 @@ class BaseLatentEstimator(
             )
         )
         with torch.no_grad():
-            out = [
-                _to_array(
-                    fn(module, self._to_tensor(X[start : start + rows], dtype=X.dtype))
-                )
+            chunks = (
+                fn(module, self._to_tensor(X[start : start + rows], dtype=X.dtype))
                 for start in range(0, X.shape[0], rows)
-            ]
-        return self._checked(out, out_dtype)
+            )
+            return self._gather(chunks, X.shape[0], out_dtype)
 
 
 @dataclass(frozen=True)
@@ -621,17 +656,6 @@ def _floats_per_row(run, n_rows=_PROBE_ROWS):
     with torch.no_grad(), counter:
         run(n_rows)
     return math.ceil(counter.floats / n_rows)
-
-
-def _to_array(tensor):
-    """A NumPy copy of one chunk's output, so that no torch storage outlives
-    its chunk.
-
-    Keeping each chunk's small output tensor until the end fragments glibc's
-    heap: scoring a million rows then held 2.2 GiB instead of about 40 MiB
-    (benchmarks/bench_scale.py memory).
-    """
-    return np.array(tensor.detach().cpu().numpy(), copy=True)
 
 
 def _quiet_finiteness_check():

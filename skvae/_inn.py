@@ -237,12 +237,6 @@ class INNAutoencoder(BaseLatentEstimator):
         self.callbacks = callbacks
 
     def _build_module(self, n_features, generator):
-        if self.n_components > n_features:
-            raise ValueError(
-                f"n_components={self.n_components} must be at most "
-                f"n_features={n_features}: an invertible network keeps the "
-                "width of its input."
-            )
         return INNAutoencoderModule(
             n_features,
             self.n_components,

@@ -47,7 +47,7 @@ class IsometricVAE(BaseLatentEstimator):
     Parameters
     ----------
     n_components : int, default=2
-        Number of latent dimensions.
+        Number of latent dimensions; at most the number of features.
     beta : float, default=0.1
         Weight of the KL term against the sum of squared errors; the decoder
         variance is ``beta / 2``. Latents whose PCA-like eigenvalue would fall
@@ -144,10 +144,10 @@ class IsometricVAE(BaseLatentEstimator):
         eigenvalue of the latent's direction; ``beta / 2`` for a collapsed
         latent.
     explained_variance_ratio_ : ndarray of shape (n_components,)
-        ``explained_variance_`` divided by the total variance of the training
-        data, as for PCA. On curved data the importances measure the variance
-        along the manifold's isometric coordinates, and need not sum to 1 or
-        less.
+        ``explained_variance_`` divided by the total variance of the rows
+        seen (the sum of ``var_``, with PCA's n - 1 denominator), as for PCA.
+        On curved data the importances measure the variance along the
+        manifold's isometric coordinates, and need not sum to 1 or less.
     collapsed_ : ndarray of bool of shape (n_components,)
         Whether each latent (in :meth:`transform`'s order) has collapsed onto
         the prior: importance below 1.1 times ``beta / 2``, posterior standard
@@ -155,6 +155,14 @@ class IsometricVAE(BaseLatentEstimator):
     components_order_ : ndarray of shape (n_components,)
         Index in ``module_`` of each column of :meth:`transform`: the latents
         by decreasing importance.
+    mean_ : ndarray of shape (n_features_in_,)
+        Per-feature mean of the rows seen: those of the last :meth:`fit`,
+        then of every :meth:`partial_fit` call since, as in
+        :class:`~sklearn.decomposition.IncrementalPCA`.
+    var_ : ndarray of shape (n_features_in_,)
+        Per-feature variance of the rows seen.
+    n_samples_seen_ : int
+        Number of rows seen.
     module_ : skvae.nn.IsometricGaussianVAE
         The trained torch module, with its latents in training order.
     net_ : skorch.NeuralNet
@@ -309,15 +317,28 @@ class IsometricVAE(BaseLatentEstimator):
             generator=generator,
         )
 
-    def _after_training(self, X):
+    def _after_training(self, X, incremental):
         """Rank the latents by their importance on the training rows X (for
-        ``partial_fit``, on the latest chunk)."""
+        ``partial_fit``, on the latest chunk), against the total variance of
+        all the rows seen.
+
+        Importances are not carried over from earlier chunks, which the
+        model has since moved away from. The data's variance does not depend
+        on the model; accumulating it keeps the ratios defined on chunks of
+        one row.
+        """
         importance = self._map_rows(_importance, X, np.float64).mean(0)
         # A stable sort keeps tied latents in training order, so the order is
         # reproducible.
         self.components_order_ = np.argsort(-importance, kind="stable")
         self.explained_variance_ = importance[self.components_order_]
-        total_variance = _total_variance(X)
+        if incremental and hasattr(self, "n_samples_seen_"):
+            seen = self.n_samples_seen_, self.mean_, self.var_
+        else:
+            seen = 0, 0.0, 0.0
+        self.n_samples_seen_, self.mean_, self.var_ = _updated_moments(X, *seen)
+        n_seen = self.n_samples_seen_
+        total_variance = float(np.sum(self.var_)) * n_seen / (n_seen - 1)
         self.explained_variance_ratio_ = (
             self.explained_variance_ / total_variance
             if total_variance > 0
@@ -450,11 +471,20 @@ def _isometric_log_prob(module, x):
     return module.isometric_log_prob(x)
 
 
-def _total_variance(X):
-    """Summed feature variances (ddof=1, as PCA's eigenvalues)."""
-    n_samples = X.shape[0]
+def _updated_moments(X, n_seen, mean, var):
+    """Count, mean and variance (ddof=0) per feature of ``n_seen`` earlier
+    rows with those moments, joined by X's rows.
+
+    The pairwise update of Chan, Golub and LeVeque, as IncrementalPCA's.
+    """
     if sp.issparse(X):
-        variances = mean_variance_axis(X, axis=0)[1] * n_samples / (n_samples - 1)
+        X_mean, X_var = mean_variance_axis(X.astype(np.float64), axis=0)
     else:
-        variances = np.var(X, axis=0, ddof=1)
-    return float(np.sum(variances, dtype=np.float64))
+        X_mean = X.mean(axis=0, dtype=np.float64)
+        X_var = X.var(axis=0, dtype=np.float64)
+    n_X = X.shape[0]
+    n_total = n_seen + n_X
+    delta = X_mean - mean
+    mean = mean + delta * (n_X / n_total)
+    var = (n_seen * var + n_X * X_var + delta**2 * (n_seen * n_X / n_total)) / n_total
+    return n_total, mean, var

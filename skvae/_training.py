@@ -160,27 +160,47 @@ class EpochProgressBar(Callback):
     ----------
     total : int
         Number of epochs planned.
+    name : str
+        Label of the bar: the estimator's class name.
     """
 
-    def __init__(self, total):
+    def __init__(self, total, name):
         self.total = total
+        self.name = name
 
     def on_train_begin(self, net, **kwargs):
-        self.bar_ = tqdm(
-            total=self.total, desc=type(net.module_).__name__, unit="epoch"
-        )
+        self.epochs_before_ = len(net.history)
+        self.bar_ = tqdm(total=self.total, desc=self.name, unit="epoch")
 
     def on_epoch_end(self, net, **kwargs):
+        # close() draws the final line; drawing it here as well would print
+        # it twice wherever stderr is not a terminal.
+        self._advance(net, draw=self._epochs_run(net) < self.total)
+
+    def on_train_end(self, net, **kwargs):
+        # The epoch on which early stopping fires ends before this callback
+        # sees it: count it here.
+        self._advance(net, draw=False)
+        self.bar_.close()
+
+    def _epochs_run(self, net):
+        return len(net.history) - self.epochs_before_
+
+    def _advance(self, net, draw):
+        """Move the bar to the epochs run, with the latest losses."""
+        epochs = self._epochs_run(net)
+        if epochs == self.bar_.n:
+            return
         losses = {
             key: f"{net.history[-1, key]:.4g}"
             for key in ("train_loss", "valid_loss")
             if key in net.history[-1]
         }
         self.bar_.set_postfix(losses, refresh=False)
-        self.bar_.update()
-
-    def on_train_end(self, net, **kwargs):
-        self.bar_.close()
+        if draw:
+            self.bar_.update(epochs - self.bar_.n)
+        else:
+            self.bar_.n = epochs
 
 
 class TrainingSchedule(Callback):
@@ -319,8 +339,11 @@ def build_net(
     verbose,
     device,
     callbacks,
+    name,
 ):
     """Assemble the skorch net that trains ``module`` for one run.
+
+    ``name``, the estimator's class name, labels the progress bar.
 
     Without validation data the training loss is monitored for convergence;
     with it the validation loss is, and the weights of the best epoch are
@@ -331,10 +354,8 @@ def build_net(
     net : LatentModelNet
         Net ready for ``partial_fit`` (not yet initialised).
     """
-    engine_callbacks = [("divergence_guard", DivergenceGuard(learning_rate))]
-    if verbose:
-        engine_callbacks.append(("progress", EpochProgressBar(max_epochs)))
-    # Last, so that every other callback sees the epoch training stops after.
+    # After the user's callbacks, so that they see the epoch training stops
+    # after; the progress bar, last, counts that epoch when training ends.
     schedule_callback = (
         "schedule",
         TrainingSchedule(
@@ -346,6 +367,7 @@ def build_net(
             restore_best=X_valid is not None,
         ),
     )
+    progress = [("progress", EpochProgressBar(max_epochs, name))] if verbose else []
     return LatentModelNet(
         module,
         generator=generator,
@@ -355,7 +377,12 @@ def build_net(
         max_epochs=max_epochs,
         batch_size=batch_size,
         train_split=validation_split(X_valid),
-        callbacks=[*engine_callbacks, *callbacks, schedule_callback],
+        callbacks=[
+            ("divergence_guard", DivergenceGuard(learning_rate)),
+            *callbacks,
+            schedule_callback,
+            *progress,
+        ],
         callbacks__print_log=None,
         device=device,
     )

@@ -10,7 +10,6 @@ from ._base import BaseLatentEstimator, _encode
 from .nn.mlp import ACTIVATIONS
 from .nn.vae import GaussianVAE
 
-
 # A latent is active when the variance of its posterior mean over the data
 # exceeds this share of the prior's variance (Burda, Grosse and
 # Salakhutdinov's active-units statistic and threshold).
@@ -31,7 +30,7 @@ class VAETransformer(BaseLatentEstimator):
     Parameters
     ----------
     n_components : int, default=2
-        Number of latent dimensions.
+        Number of latent dimensions; at most the number of features.
     encoder_layers : tuple of int, default=(256, 256)
         Hidden layer widths of the encoder; ``()`` makes it affine.
     decoder_layers : tuple of int or None, default=None
@@ -279,7 +278,7 @@ class VAETransformer(BaseLatentEstimator):
             generator=generator,
         )
 
-    def _after_training(self, X):
+    def _after_training(self, X, incremental):
         """Measure each latent's activity on the training rows X (for
         ``partial_fit``, on the latest chunk)."""
         means = self._map_rows(_encode, X, np.float64)

@@ -185,8 +185,7 @@ def ima_contrast(est, X=None, *, Z=None):
     Parameters
     ----------
     est : fitted skvae estimator
-        Any estimator whose ``module_`` has ``encode`` and ``decode``, with
-        ``n_components <= n_features_in_``.
+        Any estimator whose ``module_`` has ``encode`` and ``decode``.
     X : array-like or sparse matrix of shape (n_samples, n_features_in_), \
             default=None
         Data; the contrast is taken at the codes ``est.transform(X)`` (the
@@ -224,12 +223,6 @@ def ima_contrast(est, X=None, *, Z=None):
     ((100,), True)
     """
     latents, module = _latents(est, X, Z, "ima_contrast")
-    if est.n_components > est.n_features_in_:
-        raise ValueError(
-            f"The IMA contrast needs n_components <= n_features, but "
-            f"{type(est).__name__} maps {est.n_components} latents to "
-            f"{est.n_features_in_} features: J^T J is singular everywhere."
-        )
 
     def contrast(J, z):
         norms = torch.linalg.vector_norm(J, dim=1)

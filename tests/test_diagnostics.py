@@ -479,9 +479,3 @@ def test_bad_input_gets_clear_errors(nonlinear_vae):
     )
     with pytest.raises(ValueError, match="Gaussian decoder"):
         self_consistency(bernoulli)
-    wide = quiet_fit(
-        VAETransformer(4, encoder_layers=(4,), max_iter=1),
-        np.random.default_rng(0).normal(size=(10, 3)),
-    )
-    with pytest.raises(ValueError, match="n_components <= n_features"):
-        ima_contrast(wide, Z=np.zeros((2, 4)))

@@ -78,11 +78,6 @@ def test_parameter_count_does_not_depend_on_code_size():
     assert len(counts) == 1
 
 
-def test_code_size_above_width_is_a_clear_error():
-    with pytest.raises(ValueError, match="n_components=3 must be at most n_features=2"):
-        INNAutoencoder(n_components=3).fit(np.ones((5, 2)))
-
-
 def test_samples_and_reconstructions_have_the_data_shape():
     X = ring(500)
     inn = _fit(X, n_components=1, max_iter=10)

@@ -6,6 +6,7 @@ integral of the model's marginal, the training loss minimised numerically,
 autograd, and a data set whose density is known exactly.
 """
 
+import itertools
 import math
 import pickle
 import warnings
@@ -26,7 +27,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from skvae import IsometricVAE
-from skvae._isometric import _total_variance
+from skvae._isometric import _updated_moments
 from skvae.datasets import make_known_density
 from skvae.nn import IsometricGaussianVAE
 from skvae.nn.gaussian import kl_to_standard_normal
@@ -396,12 +397,33 @@ def test_constant_data_has_no_variance_to_explain():
     assert np.isnan(vae.explained_variance_ratio_).all()
 
 
-def test_total_variance_of_sparse_equals_dense():
+def test_moments_accumulate_over_chunks_as_over_all_rows():
     X = sp.random(30, 6, density=0.4, random_state=0, format="csr")
-    assert _total_variance(X) == pytest.approx(_total_variance(X.toarray()))
-    assert _total_variance(X.toarray()) == pytest.approx(
-        PCA().fit(X.toarray()).explained_variance_.sum()
+    seen = 0, 0.0, 0.0
+    bounds = [0, 1, 11, 30]  # a dense chunk of one row, then sparse chunks
+    for start, stop in itertools.pairwise(bounds):
+        chunk = X[start:stop]
+        seen = _updated_moments(chunk if start else chunk.toarray(), *seen)
+    n_seen, mean, var = seen
+    assert n_seen == 30
+    np.testing.assert_allclose(mean, X.toarray().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(var, X.toarray().var(0), rtol=1e-12)
+
+
+def test_partial_fit_on_one_row_divides_by_the_variance_of_all_rows_seen():
+    X = linear_gaussian(41, [4.0, 1.0], noise=0.1)
+    vae = IsometricVAE(n_components=2, encoder_layers=(4,), random_state=0)
+    vae.partial_fit(X[:40])
+    vae.partial_fit(X[40:])  # RuntimeWarnings are errors in this suite
+    assert vae.n_samples_seen_ == 41
+    total = PCA().fit(X).explained_variance_.sum()
+    np.testing.assert_allclose(
+        vae.explained_variance_ratio_, vae.explained_variance_ / total, rtol=1e-12
     )
+    # fit starts the count afresh.
+    fit_quiet(vae.set_params(max_iter=1), X[:20])
+    assert vae.n_samples_seen_ == 20
+    np.testing.assert_allclose(vae.var_, X[:20].var(0), rtol=1e-12)
 
 
 @pytest.mark.parametrize(

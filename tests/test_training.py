@@ -1,8 +1,17 @@
 """The training engine: batches as tensor slices, seeded, complete."""
 
-import torch
-from skorch.dataset import Dataset
+import functools
+import re
+import warnings
 
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from skorch.dataset import Dataset
+from tqdm import tqdm
+
+from skvae import INNAutoencoder, IsometricVAE, VAETransformer, _training
 from skvae._training import TensorBatchIterator
 
 
@@ -30,3 +39,44 @@ def test_shuffling_is_seeded_and_changes_between_epochs():
 def test_validation_batches_keep_row_order():
     _, batches = _batches(7, 3, shuffle=False)
     assert batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def _bar_lines(est, X, monkeypatch, capsys):
+    # mininterval=0: the bar draws on every update, whatever the timing.
+    monkeypatch.setattr(_training, "tqdm", functools.partial(tqdm, mininterval=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    err = capsys.readouterr().err
+    return [line for line in re.split(r"[\r\n]", err) if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        VAETransformer(encoder_layers=(4,)),
+        INNAutoencoder(n_blocks=1, subnet_layers=(4,)),
+        IsometricVAE(encoder_layers=(4,)),
+    ],
+    ids=lambda est: type(est).__name__,
+)
+def test_progress_bar_names_the_estimator_and_draws_its_last_line_once(
+    est, monkeypatch, capsys
+):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    est.set_params(max_iter=4, verbose=1, random_state=0)
+    lines = _bar_lines(est, X, monkeypatch, capsys)
+    assert all(line.startswith(type(est).__name__ + ":") for line in lines)
+    assert sum("4/4" in line for line in lines) == 1
+    assert "train_loss" in lines[-1]
+
+
+def test_progress_bar_counts_the_epoch_that_stops_training(monkeypatch, capsys):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    # No later epoch improves by 1e9: training stops in epoch 2.
+    est = VAETransformer(encoder_layers=(4,), max_iter=5, n_iter_no_change=1)
+    est.set_params(tol=1e9, verbose=1, random_state=0)
+    lines = _bar_lines(est, X, monkeypatch, capsys)
+    assert est.n_iter_ == 2
+    assert "2/5" in lines[-1] and sum("2/5" in line for line in lines) == 1
+    assert f"train_loss={est.loss_curve_[-1]:.4g}" in lines[-1]

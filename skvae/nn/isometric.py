@@ -9,7 +9,6 @@ variance beta / 2, plus a constant, so the model here is a
 quantities the isometric reading gives in one encoder pass.
 """
 
-
 import torch
 from torch.nn import functional as F
 
