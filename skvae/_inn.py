@@ -85,16 +85,17 @@ class INNAutoencoder(BaseLatentEstimator):
         Maximum number of epochs.
     batch_size : int, default=128
         Rows per mini-batch.
-    learning_rate_init : float, default=1e-3
+    learning_rate_init : float, default=3e-3
         Adam's initial learning rate.
     learning_rate : {"adaptive", "constant"}, default="adaptive"
-        Learning-rate schedule. ``"adaptive"`` keeps ``learning_rate_init``
-        while the loss improves; once it has not improved for
-        ``n_iter_no_change`` epochs, the rate anneals to 1 % of its initial
-        value along a half cosine, over a quarter of the epochs run so far,
-        and training stops. ``"constant"`` keeps ``learning_rate_init`` and
-        stops at the first such plateau. Read more in the :ref:`User Guide
-        <training>`.
+        Learning-rate schedule. ``"adaptive"`` keeps the rate while the loss
+        improves and divides it by 5 each time the loss has not improved for
+        ``n_iter_no_change`` epochs (as ``MLPRegressor`` does); training has
+        converged at the plateau where the rate would fall below 1 % of
+        ``learning_rate_init``. ``"constant"`` keeps ``learning_rate_init``
+        and stops at the first plateau; use it to drive the rate with your
+        own skorch ``LRScheduler`` callback. Read more in the :ref:`User
+        Guide <training>`.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows, watch their loss (with
         the same noise every epoch) instead of the training loss, and keep
@@ -104,10 +105,10 @@ class INNAutoencoder(BaseLatentEstimator):
         on every row.
     validation_fraction : float, default=0.1
         Share of rows held out when ``early_stopping=True``.
-    n_iter_no_change : int, default=10
-        Epochs without an improvement that make a plateau of the loss: where
-        the adaptive learning rate starts to anneal, or where a constant one
-        stops.
+    n_iter_no_change : int, default=20
+        Epochs without an improvement that make a plateau of the loss, where
+        the adaptive learning rate is divided or a constant one stops. Fewer
+        let the noise of the loss end training early.
     tol : float, default=1e-4
         An epoch improves on the best loss when it lowers it by more than
         ``tol`` times the decrease since the first epoch: relative to the
@@ -201,11 +202,11 @@ class INNAutoencoder(BaseLatentEstimator):
         discarded_std=0.01,
         max_iter=200,
         batch_size=128,
-        learning_rate_init=1e-3,
+        learning_rate_init=3e-3,
         learning_rate="adaptive",
         early_stopping=True,
         validation_fraction=0.1,
-        n_iter_no_change=10,
+        n_iter_no_change=20,
         tol=1e-4,
         random_state=None,
         verbose=0,

@@ -48,11 +48,17 @@ class IsometricVAE(BaseLatentEstimator):
     ----------
     n_components : int, default=2
         Number of latent dimensions; at most the number of features.
-    beta : float, default=0.1
+    beta : float or "auto", default="auto"
         Weight of the KL term against the sum of squared errors; the decoder
-        variance is ``beta / 2``. Latents whose PCA-like eigenvalue would fall
-        below ``beta / 2`` collapse (reverse water-filling), so scale X first
-        (e.g. ``StandardScaler``) and choose ``beta`` in its squared units.
+        variance is ``beta / 2``, in the squared units of X. Latents whose
+        PCA-like eigenvalue would fall below ``beta / 2`` collapse (reverse
+        water-filling). ``"auto"`` sets ``beta / 2`` to the noise variance of
+        probabilistic PCA with ``n_components`` components on the training
+        rows (the mean of the covariance eigenvalues PCA discards; see
+        ``beta_``): the linear model's optimum, under which every one of the
+        ``n_components`` leading directions stays active. A smaller value
+        fits the manifold more tightly; choose it, for example, by
+        ``GridSearchCV`` on :meth:`score`.
         X need not be centred: :meth:`fit` starts the network centred on the
         training rows.
     encoder_layers : tuple of int, default=(256, 256)
@@ -88,16 +94,17 @@ class IsometricVAE(BaseLatentEstimator):
         Maximum number of epochs.
     batch_size : int, default=128
         Rows per mini-batch.
-    learning_rate_init : float, default=1e-3
+    learning_rate_init : float, default=3e-3
         Adam's initial learning rate.
     learning_rate : {"adaptive", "constant"}, default="adaptive"
-        Learning-rate schedule. ``"adaptive"`` keeps ``learning_rate_init``
-        while the loss improves; once it has not improved for
-        ``n_iter_no_change`` epochs, the rate anneals to 1 % of its initial
-        value along a half cosine, over a quarter of the epochs run so far,
-        and training stops. ``"constant"`` keeps ``learning_rate_init`` and
-        stops at the first such plateau. Read more in the :ref:`User Guide
-        <training>`.
+        Learning-rate schedule. ``"adaptive"`` keeps the rate while the loss
+        improves and divides it by 5 each time the loss has not improved for
+        ``n_iter_no_change`` epochs (as ``MLPRegressor`` does); training has
+        converged at the plateau where the rate would fall below 1 % of
+        ``learning_rate_init``. ``"constant"`` keeps ``learning_rate_init``
+        and stops at the first plateau; use it to drive the rate with your
+        own skorch ``LRScheduler`` callback. Read more in the :ref:`User
+        Guide <training>`.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows, watch their loss (with
         the same noise every epoch) instead of the training loss, and keep
@@ -107,10 +114,10 @@ class IsometricVAE(BaseLatentEstimator):
         on every row.
     validation_fraction : float, default=0.1
         Share of rows held out when ``early_stopping=True``.
-    n_iter_no_change : int, default=10
-        Epochs without an improvement that make a plateau of the loss: where
-        the adaptive learning rate starts to anneal, or where a constant one
-        stops.
+    n_iter_no_change : int, default=20
+        Epochs without an improvement that make a plateau of the loss, where
+        the adaptive learning rate is divided or a constant one stops. Fewer
+        let the noise of the loss end training early.
     tol : float, default=1e-4
         An epoch improves on the best loss when it lowers it by more than
         ``tol`` times the decrease since the first epoch: relative to the
@@ -148,6 +155,8 @@ class IsometricVAE(BaseLatentEstimator):
         seen (the sum of ``var_``, with PCA's n - 1 denominator), as for PCA.
         On curved data the importances measure the variance along the
         manifold's isometric coordinates, and need not sum to 1 or less.
+    beta_ : float
+        The ``beta`` in use: the parameter, or the value ``"auto"`` chose.
     collapsed_ : ndarray of bool of shape (n_components,)
         Whether each latent (in :meth:`transform`'s order) has collapsed onto
         the prior: importance below 1.1 times ``beta / 2``, posterior standard
@@ -241,7 +250,7 @@ class IsometricVAE(BaseLatentEstimator):
 
     _parameter_constraints: dict = {
         **BaseLatentEstimator._parameter_constraints,
-        "beta": [Interval(Real, 0, None, closed="neither")],
+        "beta": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "encoder_layers": ["array-like"],
         "decoder_layers": ["array-like", None],
         "encoder": [callable, None],
@@ -255,7 +264,7 @@ class IsometricVAE(BaseLatentEstimator):
         self,
         n_components=2,
         *,
-        beta=0.1,
+        beta="auto",
         encoder_layers=(256, 256),
         decoder_layers=None,
         encoder=None,
@@ -265,11 +274,11 @@ class IsometricVAE(BaseLatentEstimator):
         n_importance_samples=100,
         max_iter=200,
         batch_size=128,
-        learning_rate_init=1e-3,
+        learning_rate_init=3e-3,
         learning_rate="adaptive",
         early_stopping=True,
         validation_fraction=0.1,
-        n_iter_no_change=10,
+        n_iter_no_change=20,
         tol=1e-4,
         random_state=None,
         verbose=0,
@@ -304,7 +313,7 @@ class IsometricVAE(BaseLatentEstimator):
         return IsometricGaussianVAE(
             n_features,
             self.n_components,
-            beta=self.beta,
+            beta=None if self.beta == "auto" else self.beta,
             encoder_layers=_layer_widths(self.encoder_layers, "encoder_layers"),
             decoder_layers=(
                 None
@@ -344,7 +353,8 @@ class IsometricVAE(BaseLatentEstimator):
             if total_variance > 0
             else np.full(self.n_components, np.nan)
         )
-        self.collapsed_ = self.explained_variance_ < COLLAPSE_RATIO * self.beta / 2
+        self.beta_ = 2 * float(self.module_.noise_variance)
+        self.collapsed_ = self.explained_variance_ < COLLAPSE_RATIO * self.beta_ / 2
 
     def transform(self, X):
         """Encode X into the latent space, latents by decreasing importance.

@@ -17,9 +17,11 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from tqdm.auto import tqdm
 
-# The learning rate anneals over this share of the epochs run before the
-# loss reached its plateau, down to this share of its initial value.
-ANNEAL_FRACTION = 0.25
+# At each plateau of the loss the adaptive learning rate is multiplied by
+# RATE_DECAY (divided by 5, as scikit-learn's MLP does); training has
+# converged at the plateau where it would fall below FINAL_RATE_FRACTION of
+# its initial value, after three divisions.
+RATE_DECAY = 0.2
 FINAL_RATE_FRACTION = 0.01
 
 
@@ -206,19 +208,18 @@ class EpochProgressBar(Callback):
 class TrainingSchedule(Callback):
     """The learning rate of every epoch, and when training has converged.
 
-    With ``schedule="adaptive"`` the rate stays at its initial value while
-    the monitored loss improves; once it has not improved for ``patience``
-    epochs, the rate anneals along a half cosine to ``FINAL_RATE_FRACTION``
-    of its initial value over ``ANNEAL_FRACTION`` of the epochs run so far
-    (at least ``patience``), and training stops: converged. A fit that never
-    reaches such a plateau starts annealing anyway in time to finish within
-    ``max_epochs``, and is reported as not converged. Annealing removes the
-    noise of stochastic gradients that a constant rate leaves in the
-    weights; starting it at a plateau lets the length of training follow the
-    data instead of a fixed budget.
-
-    With ``schedule="constant"`` the rate never changes and training stops,
-    converged, at the first such plateau.
+    The monitored loss reaches a plateau when it has not improved for
+    ``patience`` epochs. With ``schedule="adaptive"`` the rate is divided by
+    ``1 / RATE_DECAY`` at every plateau, as scikit-learn's ``MLPRegressor``
+    does with ``learning_rate="adaptive"``, and training has converged at
+    the plateau where it would fall below ``FINAL_RATE_FRACTION`` of its
+    initial value. A constant rate leaves stochastic-gradient noise in the
+    weights, and the Monte Carlo noise of an ELBO makes its plateau look
+    sooner than the optimum is reached; each division lowers that noise and
+    lets the loss improve again, so training stops only once the rate is
+    small and the loss still does not improve. With ``schedule="constant"``
+    the rate never changes and training stops, converged, at the first
+    plateau.
 
     An epoch improves on the best loss when it lowers it by more than
     ``tol`` times the decrease since the first epoch: a threshold relative
@@ -251,38 +252,16 @@ class TrainingSchedule(Callback):
         self.restore_best = restore_best
 
     def on_train_begin(self, net, **kwargs):
-        self.initial_rate_ = net.lr
+        self.initial_rate_ = self.rate_ = net.lr
         self.epoch_ = 0
         self.first_loss_ = self.best_loss_ = math.inf
         self.best_state_ = None
         self.since_best_ = 0
-        self.anneal_start_ = None
-        self.anneal_length_ = None
         self.converged_ = False
         # Also when resuming: the optimiser's state comes with the rate it
-        # ended at.
-        self._set_rate(net, self.initial_rate_)
-
-    def on_epoch_begin(self, net, **kwargs):
-        if self.schedule == "constant":
-            # Left alone, so that a user's LRScheduler callback can drive it.
-            return
-        if self.anneal_start_ is None:
-            length = max(self.patience, math.ceil(ANNEAL_FRACTION * self.max_epochs))
-            if self.epoch_ >= self.max_epochs - length:
-                self._anneal(self.max_epochs - self.epoch_)
-        rate = self.initial_rate_
-        if self.anneal_start_ is not None:
-            progress = (self.epoch_ - self.anneal_start_) / self.anneal_length_
-            rate *= FINAL_RATE_FRACTION + (1 - FINAL_RATE_FRACTION) * 0.5 * (
-                1 + math.cos(math.pi * progress)
-            )
-        self._set_rate(net, rate)
-
-    @staticmethod
-    def _set_rate(net, rate):
-        for group in net.optimizer_.param_groups:
-            group["lr"] = rate
+        # ended at. A constant rate is set once only, so that a user's
+        # LRScheduler callback can drive it.
+        self._set_rate(net)
 
     def on_epoch_end(self, net, **kwargs):
         loss = net.history[-1, self.monitor]
@@ -297,21 +276,18 @@ class TrainingSchedule(Callback):
                 self.best_state_ = copy.deepcopy(net.module_.state_dict())
         else:
             self.since_best_ += 1
-        if self.since_best_ >= self.patience:
-            # A plateau during a forced anneal also counts: the loss stopped
-            # improving, even at a lower rate.
-            self.converged_ = True
-            if self.schedule == "adaptive" and self.anneal_start_ is None:
-                length = max(self.patience, math.ceil(ANNEAL_FRACTION * self.epoch_))
-                self._anneal(min(length, self.max_epochs - self.epoch_))
-        if self.schedule == "constant":
-            finished = self.converged_
-        else:
-            finished = (
-                self.anneal_start_ is not None
-                and self.epoch_ >= self.anneal_start_ + self.anneal_length_
-            )
-        if finished and self.epoch_ < self.max_epochs:
+        if self.since_best_ < self.patience:
+            return
+        self.since_best_ = 0
+        smaller = self.rate_ * RATE_DECAY
+        if self.schedule == "adaptive" and smaller >= (
+            FINAL_RATE_FRACTION * self.initial_rate_ * (1 - 1e-9)
+        ):
+            self.rate_ = smaller
+            self._set_rate(net)
+            return
+        self.converged_ = True
+        if self.epoch_ < self.max_epochs:
             # How skorch's own callbacks end training early.
             raise KeyboardInterrupt
 
@@ -319,9 +295,9 @@ class TrainingSchedule(Callback):
         if self.best_state_ is not None:
             net.module_.load_state_dict(self.best_state_)
 
-    def _anneal(self, length):
-        self.anneal_start_ = self.epoch_
-        self.anneal_length_ = max(1, length)
+    def _set_rate(self, net):
+        for group in net.optimizer_.param_groups:
+            group["lr"] = self.rate_
 
 
 def build_net(

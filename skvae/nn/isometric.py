@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from .gaussian import LOG_2PI, standard_normal_log_prob
-from .vae import GaussianVAE
+from .vae import INITIAL_VARIANCE_FLOOR, GaussianVAE, _pca_residual_variance
 
 
 class IsometricGaussianVAE(GaussianVAE):
@@ -31,9 +31,12 @@ class IsometricGaussianVAE(GaussianVAE):
         Dimension of the data.
     n_components : int
         Dimension of the latent space.
-    beta : float, default=1.0
+    beta : float or None, default=None
         Weight of the KL term against the squared error; the decoder's
-        variance is ``beta / 2``.
+        variance is ``beta / 2``. None sets it from the training rows in
+        :meth:`initialize_from_data`: twice the noise variance of
+        probabilistic PCA with ``n_components`` components, the mean of the
+        covariance eigenvalues PCA discards.
     encoder_layers : sequence of int, default=(256, 256)
         Hidden widths of the encoder; empty for an affine encoder.
     decoder_layers : sequence of int or None, default=None
@@ -48,9 +51,10 @@ class IsometricGaussianVAE(GaussianVAE):
 
     Attributes
     ----------
-    noise_variance : float
-        ``beta / 2``, the decoder's variance. (``self.beta``, inherited, is the
-        KL weight of the equivalent Gaussian ELBO, which is 1.)
+    noise_variance : torch.Tensor of shape ()
+        ``beta / 2``, the decoder's variance, a float64 buffer. (``self.beta``,
+        inherited, is the KL weight of the equivalent Gaussian ELBO, which
+        is 1.)
 
     Examples
     --------
@@ -67,7 +71,7 @@ class IsometricGaussianVAE(GaussianVAE):
         self,
         n_features,
         n_components,
-        beta=1.0,
+        beta=None,
         encoder_layers=(256, 256),
         decoder_layers=None,
         activation="silu",
@@ -82,13 +86,50 @@ class IsometricGaussianVAE(GaussianVAE):
             decoder_layers=decoder_layers,
             activation=activation,
             likelihood="gaussian",
-            decoder_variance=beta / 2,
+            # The buffer below holds the variance; this only selects a
+            # fixed one.
+            decoder_variance=1.0,
             beta=1.0,
             encoder=encoder,
             decoder=decoder,
             generator=generator,
         )
-        self.noise_variance = beta / 2
+        self.fit_noise_variance = beta is None
+        # Float64 whatever the module's dtype, so that log(beta / 2) is exact
+        # in the float64 copy that scores float64 data.
+        self.register_buffer(
+            "noise_variance",
+            torch.tensor(1.0 if beta is None else beta / 2, dtype=torch.float64),
+        )
+
+    def _apply(self, fn, recurse=True):
+        # Keep the noise variance in float64 through dtype moves.
+        variance = self.noise_variance
+        super()._apply(fn, recurse)
+        self.noise_variance = variance.to(self.data_shift.device)
+        return self
+
+    def initialize_from_data(self, x):
+        """Set the buffers around the networks, and the noise variance when
+        ``beta`` was None: the mean of the covariance eigenvalues that PCA
+        with ``n_components`` components discards (probabilistic PCA's
+        maximum-likelihood noise variance), at least 1e-3 of the mean
+        feature variance (of 1 for constant data)."""
+        super().initialize_from_data(x)
+        if not self.fit_noise_variance:
+            return
+        centred = x.to(torch.float64) - x.to(torch.float64).mean(0)
+        residual = _pca_residual_variance(centred, self.n_components)
+        n_discarded = max(1, self.n_features - self.n_components)
+        floor = INITIAL_VARIANCE_FLOOR * self.data_scale.to(torch.float64) ** 2
+        with torch.no_grad():
+            self.noise_variance.copy_((residual.sum() / n_discarded).clamp_min(floor))
+
+    @property
+    def decoder_log_var(self):
+        """log(beta / 2) for every feature, in the weights' dtype."""
+        log_var = torch.log(self.noise_variance).to(self.decoder_offset.dtype)
+        return log_var.expand_as(self.decoder_offset)
 
     def isometric_log_prob(self, x):
         """One-pass estimate of log p(x), per row, in nats.
@@ -115,7 +156,8 @@ class IsometricGaussianVAE(GaussianVAE):
         Gaussian data it is the PCA eigenvalue of the latent's direction, and
         ``beta / 2`` for a latent the decoder ignores.
         """
-        return self.noise_variance * torch.exp(-self.posterior(x)[1])
+        log_var = self.posterior(x)[1]
+        return self.noise_variance.to(log_var.dtype) * torch.exp(-log_var)
 
     def isometry(self, x, latents):
         """How far the decoder is from a scaled isometry at each row's code.
@@ -144,7 +186,8 @@ class IsometricGaussianVAE(GaussianVAE):
         # the floor keeps its ratio finite (and large: not isometric there).
         floor = torch.finfo(log_var.dtype).eps
         ideal = torch.sqrt(
-            self.noise_variance * torch.expm1(-log_var[:, latents]).clamp_min(floor)
+            self.noise_variance.to(log_var.dtype)
+            * torch.expm1(-log_var[:, latents]).clamp_min(floor)
         )
         unit = jacobian / norms.clamp_min(torch.finfo(norms.dtype).tiny).unsqueeze(1)
         cosines = (unit.transpose(1, 2) @ unit).abs()

@@ -1,0 +1,265 @@
+"""The training engine as users meet it: the learning-rate schedule, when a fit
+has converged, early stopping, collapse reports, and resumed runs."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import skvae
+from skvae import INNAutoencoder, IsometricVAE, VAETransformer
+from skvae.exceptions import PosteriorCollapseWarning
+
+SMALL = dict(encoder_layers=(16,), batch_size=64, random_state=0)
+
+
+def ppca_data(n_samples, n_features=8, n_components=2, noise=0.1, seed=0):
+    """Rows of a probabilistic-PCA model x = W z + mu + N(0, noise I)."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(n_components, n_features))
+    mu = rng.normal(size=n_features)
+    Z = rng.normal(size=(n_samples, n_components))
+    return Z @ W + mu + np.sqrt(noise) * rng.normal(size=(n_samples, n_features))
+
+
+class RecordRates(Callback):
+    """Records the optimiser's learning rate in every epoch."""
+
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("rate", net.optimizer_.param_groups[0]["lr"])
+
+
+def rates(est):
+    return np.array(est.history_[:, "rate"])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits().data[:300] / 16
+
+
+# -- the schedule ------------------------------------------------------------------
+
+
+def test_linear_vae_with_default_training_reaches_the_exact_optimum():
+    # Before the schedule, the same fit stopped 0.39 nats below PCA's exact
+    # log-likelihood; annealing from a plateau brings it within 0.05.
+    X = ppca_data(4000)
+    X_train, X_test = X[:3000], X[3000:]
+    vae = VAETransformer(2, encoder_layers=(), decoder_layers=(), random_state=0)
+    vae.fit(X_train)
+    exact = PCA(2).fit(X_train).score(X_test)
+    assert vae.score(X_test) == pytest.approx(exact, abs=0.05)
+
+
+def test_adaptive_rate_is_constant_then_anneals_and_the_fit_converges(digits):
+    vae = VAETransformer(2, callbacks=[RecordRates()], **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vae.fit(digits)
+    curve = rates(vae)
+    schedule = dict(vae.net_.callbacks_)["schedule"]
+    start = schedule.anneal_start_
+    assert 0 < start < len(curve) < vae.max_iter
+    assert np.all(curve[:start] == vae.learning_rate_init)
+    assert np.all(np.diff(curve[start:]) < 0)
+    assert curve[-1] < 0.1 * vae.learning_rate_init
+
+
+def test_constant_schedule_keeps_the_initial_rate(digits):
+    vae = VAETransformer(
+        2,
+        learning_rate="constant",
+        learning_rate_init=3e-3,
+        max_iter=12,
+        callbacks=[RecordRates()],
+        **SMALL,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vae.fit(digits)
+    assert np.all(rates(vae) == 3e-3)
+
+
+def test_a_fit_that_runs_out_of_epochs_warns_at_the_callers_line(digits):
+    vae = VAETransformer(2, max_iter=4, **SMALL)
+    with pytest.warns(ConvergenceWarning, match="max_iter=4") as record:
+        make_pipeline(StandardScaler(), vae).fit_transform(digits)
+    # The warning points here, not into scikit-learn's or skvae's code.
+    assert [w.filename for w in record] == [__file__]
+    curve = rates_anneal(vae)
+    # Still annealed, in time to finish within max_iter.
+    assert curve[-1] < curve[0]
+
+
+def rates_anneal(est):
+    schedule = dict(est.net_.callbacks_)["schedule"]
+    return [schedule.initial_rate_, est.net_.optimizer_.param_groups[0]["lr"]]
+
+
+def test_a_converged_fit_does_not_warn(digits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        INNAutoencoder(2, n_blocks=2, subnet_layers=(16,), random_state=0).fit(
+            digits
+        )
+        IsometricVAE(2, **SMALL).fit(digits)
+
+
+# -- early stopping --------------------------------------------------------------
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_epoch(digits):
+    vae = VAETransformer(2, early_stopping=True, **SMALL).fit(digits)
+    curve = vae.validation_loss_curve_
+    assert int(np.argmin(curve)) < len(curve) - 1
+    # Another validation pass, with the same noise, on the final weights.
+    net = vae.net_
+    rows = net.train_split.keywords["valid_ds"]
+    net.validation_generator.manual_seed(net.validation_seed)
+    losses, sizes = [], []
+    for x, _ in net.get_iterator(rows, training=False):
+        losses.append(net.validation_step((x, None))["loss"].item())
+        sizes.append(len(x))
+    assert np.average(losses, weights=sizes) == pytest.approx(min(curve), rel=1e-5)
+
+
+def test_validation_loss_uses_the_same_noise_every_epoch(digits):
+    vae = VAETransformer(2, max_iter=3, learning_rate_init=1e-12, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vae.fit(digits)
+    # With weights that do not move, a validation loss with fresh noise
+    # would differ from epoch to epoch; with fixed noise it repeats.
+    curve = np.array(vae.validation_loss_curve_)
+    np.testing.assert_allclose(curve, curve[0], rtol=1e-6)
+
+
+def test_early_stopping_does_not_stop_on_noise():
+    # The Monte Carlo ELBO of a linear model at a constant rate wanders by
+    # more than the progress of an epoch; the fit must still reach the
+    # optimum, not stop at the first wobble.
+    X = ppca_data(3000)
+    X_train, X_test = X[:2400], X[2400:]
+    with_stopping = VAETransformer(2, early_stopping=True, random_state=0).fit(X_train)
+    exact = PCA(2).fit(X_train).score(X_test)
+    assert with_stopping.score(X_test) == pytest.approx(exact, abs=0.05)
+
+
+# -- collapse ----------------------------------------------------------------------
+
+
+def test_active_latents_are_measured_and_collapse_warns():
+    rng = np.random.default_rng(0)
+    # One direction of signal in pure noise: a 4-latent VAE has one latent to
+    # use and three that collapse onto the prior.
+    X = np.c_[rng.normal(size=(400, 1)) * 3, 0.1 * rng.normal(size=(400, 5))]
+    X[:, 1:] += X[:, :1]
+    vae = VAETransformer(4, **SMALL)
+    with pytest.warns(PosteriorCollapseWarning, match="3 of 4 latents") as record:
+        vae.fit(X)
+    assert [w.filename for w in record] == [__file__]
+    assert vae.collapsed_.sum() == 3
+    assert np.sort(vae.latent_activity_)[-1] > 0.5
+    assert np.all(vae.latent_activity_[vae.collapsed_] < 0.01)
+
+
+def test_most_latents_active_on_structured_data_do_not_warn(digits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorCollapseWarning)
+        vae = VAETransformer(2, **SMALL).fit(digits)
+    assert not vae.collapsed_.any()
+
+
+# -- resumed runs --------------------------------------------------------------------
+
+
+def _fitted(cls, X, **params):
+    est = cls(2, max_iter=5, **{**_small(cls), **params})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X)
+
+
+def _small(cls):
+    if cls is INNAutoencoder:
+        return dict(n_blocks=2, subnet_layers=(8,), random_state=0)
+    return dict(SMALL)
+
+
+ALL = [VAETransformer, INNAutoencoder, IsometricVAE]
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_a_failed_run_leaves_the_model_as_it_was(cls, digits):
+    est = _fitted(cls, digits)
+    weights = {k: v.clone() for k, v in est.module_.state_dict().items()}
+    optimiser = est.net_.optimizer_.state_dict()
+    attributes = dict(vars(est))
+    before = est.transform(digits)
+    with pytest.raises(RuntimeError, match="diverged"):
+        est.partial_fit(digits * 1e30)
+    for key, value in est.module_.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+    assert est.net_.optimizer_.state_dict()["state"].keys() == optimiser[
+        "state"
+    ].keys()
+    assert vars(est).keys() == attributes.keys()
+    assert est.n_iter_ == attributes["n_iter_"]
+    np.testing.assert_array_equal(est.transform(digits), before)
+
+
+def test_training_parameters_set_between_runs_take_effect(digits):
+    vae = _fitted(VAETransformer, digits, learning_rate="constant")
+    vae.set_params(
+        warm_start=True,
+        learning_rate_init=5e-4,
+        batch_size=50,
+        n_iter_no_change=1000,
+        max_iter=7,
+        callbacks=[RecordRates()],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vae.fit(digits)
+    new_epochs = vae.history_[5:]
+    assert len(new_epochs) == 7
+    assert all(epoch["rate"] == 5e-4 for epoch in new_epochs)
+    # 270 training rows in batches of 50.
+    assert all(epoch["train_batch_count"] == 6 for epoch in new_epochs)
+    assert vae.n_iter_ == 12
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(n_components=1), dict(encoder_layers=(4,)), dict(activation="relu")],
+    ids=str,
+)
+def test_a_changed_network_on_resume_is_a_clear_error(change, digits):
+    vae = _fitted(VAETransformer, digits)
+    vae.set_params(warm_start=True, **change)
+    with pytest.raises(ValueError, match=f"{next(iter(change))} changed"):
+        vae.fit(digits)
+    with pytest.raises(ValueError, match="changed since the model was fitted"):
+        vae.partial_fit(digits)
+
+
+def test_a_loaded_model_keeps_counting_its_epochs(digits, tmp_path):
+    vae = _fitted(VAETransformer, digits)
+    path = tmp_path / "vae.safetensors"
+    skvae.save(vae, path)
+    loaded = skvae.load(path)
+    loaded.set_params(warm_start=True, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        loaded.fit(digits)
+    assert loaded.n_iter_ == 8
+    assert loaded.loss_curve_[:5] == vae.loss_curve_
+    assert len(loaded.loss_curve_) == 8
