@@ -90,8 +90,8 @@ class IsometricVAE(BaseLatentEstimator):
     n_importance_samples : int, default=100
         Importance samples K of the IWAE estimate; unused with
         ``density_estimate="isometric"``.
-    max_iter : int, default=200
-        Maximum number of epochs.
+    max_iter : int, default=500
+        Maximum number of epochs; training usually converges well before.
     batch_size : int, default=128
         Rows per mini-batch.
     learning_rate_init : float, default=3e-3
@@ -272,7 +272,7 @@ class IsometricVAE(BaseLatentEstimator):
         activation="silu",
         density_estimate="isometric",
         n_importance_samples=100,
-        max_iter=200,
+        max_iter=500,
         batch_size=128,
         learning_rate_init=3e-3,
         learning_rate="adaptive",
