@@ -371,6 +371,14 @@ class BaseLatentEstimator(
     def _rows_per_chunk(self, floats_per_row):
         return max(1, self._inference_budget // max(1, floats_per_row))
 
+    def _samples_per_pass(self, n_samples, floats_per_sample):
+        """Importance samples of a row to evaluate at once: None (all of
+        them) while they fit the inference budget, else as many as do, so
+        that no K asks for more memory."""
+        if n_samples * floats_per_sample <= self._inference_budget:
+            return None
+        return max(1, self._inference_budget // floats_per_sample)
+
     def _to_tensor(self, X, device=None, dtype=np.float32):
         if device is None:
             device = next(self.module_.parameters()).device

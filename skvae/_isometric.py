@@ -71,7 +71,7 @@ class IsometricVAE(BaseLatentEstimator):
         with ``set_params`` to compare both.
     n_importance_samples : int, default=100
         Importance samples K of the IWAE estimate; unused with
-        ``density_estimate="isometric"``.
+        ``density_estimate="isometric"``. Memory does not grow with K.
     max_iter : int, default=200
         Maximum number of epochs.
     batch_size : int, default=128
@@ -359,9 +359,13 @@ class IsometricVAE(BaseLatentEstimator):
 
         n_samples = self.n_importance_samples
 
+        samples_per_pass = self._samples_per_pass(n_samples, widest)
+
         def log_prob(module, x):
             generator = self._generator(self._score_seed)
-            return module.log_prob(x, generator, n_samples=n_samples)
+            return module.log_prob(
+                x, generator, n_samples=n_samples, samples_per_pass=samples_per_pass
+            )
 
         return self._map_rows(log_prob, X, n_samples * widest, np.float64)
 

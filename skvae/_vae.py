@@ -58,6 +58,8 @@ class VAETransformer(BaseLatentEstimator):
         other shapes train on a one-draw estimate of it.
     n_importance_samples : int, default=100
         Importance samples K of the IWAE estimate in :meth:`score_samples`.
+        Memory does not grow with K: a row whose K samples exceed the
+        inference chunk is scored a part of them at a time.
     max_iter : int, default=200
         Maximum number of epochs.
     batch_size : int, default=128
@@ -257,9 +259,13 @@ class VAETransformer(BaseLatentEstimator):
         # A heteroscedastic decoder outputs a mean and a variance per feature.
         widest = max((2 * self.n_features_in_, *self.module_.decoder_widths))
 
+        samples_per_pass = self._samples_per_pass(n_samples, widest)
+
         def log_prob(module, x):
             generator = self._generator(self._score_seed)
-            return module.log_prob(x, generator, n_samples=n_samples)
+            return module.log_prob(
+                x, generator, n_samples=n_samples, samples_per_pass=samples_per_pass
+            )
 
         return self._map_rows(log_prob, X, n_samples * widest, np.float64)
 
