@@ -24,6 +24,13 @@ from ._training import build_net, prepare_run, stopped_early
 
 FLOAT_DTYPES = (np.float64, np.float32)
 _SEED_BOUND = np.iinfo(np.int32).max
+# Bounds of the integer parameters that size no weight, far above any useful
+# value: skvae.load validates a file's parameters as fit does, and these keep
+# a file from asking for unbounded work. (The weights a file holds bound the
+# network sizes.)
+MAX_EPOCHS = 10**6
+MAX_BATCH_SIZE = 10**9
+MAX_IMPORTANCE_SAMPLES = 10**6
 
 
 class BaseLatentEstimator(
@@ -38,12 +45,12 @@ class BaseLatentEstimator(
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, MAX_EPOCHS, closed="both")],
+        "batch_size": [Interval(Integral, 1, MAX_BATCH_SIZE, closed="both")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, MAX_EPOCHS, closed="both")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],

@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator
+from ._base import MAX_IMPORTANCE_SAMPLES, BaseLatentEstimator
 from ._vae import _layer_widths
 from .nn.isometric import IsometricGaussianVAE
 from .nn.mlp import ACTIVATIONS
@@ -70,7 +70,7 @@ class IsometricVAE(BaseLatentEstimator):
         that does not rest on the isometry). It can be changed after fitting
         with ``set_params`` to compare both.
     n_importance_samples : int, default=100
-        Importance samples K of the IWAE estimate; unused with
+        Importance samples K of the IWAE estimate, at most 10**6; unused with
         ``density_estimate="isometric"``. Memory does not grow with K.
     max_iter : int, default=200
         Maximum number of epochs.
@@ -210,7 +210,9 @@ class IsometricVAE(BaseLatentEstimator):
         "decoder_layers": ["array-like", None],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "density_estimate": [StrOptions({"isometric", "iwae"})],
-        "n_importance_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_importance_samples": [
+            Interval(Integral, 1, MAX_IMPORTANCE_SAMPLES, closed="both")
+        ],
     }
 
     def __init__(

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator
+from ._base import MAX_IMPORTANCE_SAMPLES, BaseLatentEstimator
 from .nn.mlp import ACTIVATIONS
 from .nn.vae import GaussianVAE
 
@@ -57,9 +57,9 @@ class VAETransformer(BaseLatentEstimator):
         <vae_prior_shape>`). Only shape 2 has the KL term in closed form;
         other shapes train on a one-draw estimate of it.
     n_importance_samples : int, default=100
-        Importance samples K of the IWAE estimate in :meth:`score_samples`.
-        Memory does not grow with K: a row whose K samples exceed the
-        inference chunk is scored a part of them at a time.
+        Importance samples K of the IWAE estimate in :meth:`score_samples`,
+        at most 10**6. Memory does not grow with K: a row whose K samples
+        exceed the inference chunk is scored a part of them at a time.
     max_iter : int, default=200
         Maximum number of epochs.
     batch_size : int, default=128
@@ -160,7 +160,9 @@ class VAETransformer(BaseLatentEstimator):
         ],
         "beta": [Interval(Real, 0, None, closed="neither")],
         "prior_shape": [Interval(Real, 1, None, closed="left")],
-        "n_importance_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_importance_samples": [
+            Interval(Integral, 1, MAX_IMPORTANCE_SAMPLES, closed="both")
+        ],
     }
 
     def __init__(
