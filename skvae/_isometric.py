@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator
+from ._base import MAX_IMPORTANCE_SAMPLES, BaseLatentEstimator
 from ._vae import _layer_widths
 from .nn.isometric import IsometricGaussianVAE
 from .nn.mlp import ACTIVATIONS
@@ -88,8 +88,8 @@ class IsometricVAE(BaseLatentEstimator):
         that does not rest on the isometry). It can be changed after fitting
         with ``set_params`` to compare both.
     n_importance_samples : int, default=100
-        Importance samples K of the IWAE estimate; unused with
-        ``density_estimate="isometric"``.
+        Importance samples K of the IWAE estimate, at most 10**6; unused with
+        ``density_estimate="isometric"``. Memory does not grow with K.
     max_iter : int, default=500
         Maximum number of epochs; training usually converges well before.
     batch_size : int, default=128
@@ -257,7 +257,9 @@ class IsometricVAE(BaseLatentEstimator):
         "decoder": [callable, None],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "density_estimate": [StrOptions({"isometric", "iwae"})],
-        "n_importance_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_importance_samples": [
+            Interval(Integral, 1, MAX_IMPORTANCE_SAMPLES, closed="both")
+        ],
     }
 
     def __init__(
@@ -423,13 +425,7 @@ class IsometricVAE(BaseLatentEstimator):
         if self.density_estimate == "isometric":
             return self._map_rows(_isometric_log_prob, X, np.float64)
 
-        n_samples = self.n_importance_samples
-
-        def log_prob(module, x):
-            generator = self._generator(self._score_seed)
-            return module.log_prob(x, generator, n_samples=n_samples)
-
-        return self._map_rows(log_prob, X, np.float64)
+        return self._importance_weighted_scores(X)
 
     def isometry_report(self, X):
         """Measure how close the decoder is to a scaled isometry at each row.

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator, _encode
+from ._base import MAX_IMPORTANCE_SAMPLES, BaseLatentEstimator, _encode
 from .nn.mlp import ACTIVATIONS
 from .nn.vae import GaussianVAE
 
@@ -77,7 +77,9 @@ class VAETransformer(BaseLatentEstimator):
         <vae_prior_shape>`). Only shape 2 has the KL term in closed form;
         other shapes train on a one-draw estimate of it.
     n_importance_samples : int, default=100
-        Importance samples K of the IWAE estimate in :meth:`score_samples`.
+        Importance samples K of the IWAE estimate in :meth:`score_samples`,
+        at most 10**6. Memory does not grow with K: a row whose K samples
+        exceed the inference chunk is scored a part of them at a time.
     max_iter : int, default=500
         Maximum number of epochs; training usually converges well before.
     batch_size : int, default=128
@@ -206,7 +208,9 @@ class VAETransformer(BaseLatentEstimator):
         ],
         "beta": [Interval(Real, 0, None, closed="neither")],
         "prior_shape": [Interval(Real, 1, None, closed="left")],
-        "n_importance_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_importance_samples": [
+            Interval(Integral, 1, MAX_IMPORTANCE_SAMPLES, closed="both")
+        ],
     }
 
     def __init__(
@@ -316,13 +320,7 @@ class VAETransformer(BaseLatentEstimator):
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        n_samples = self.n_importance_samples
-
-        def log_prob(module, x):
-            generator = self._generator(self._score_seed)
-            return module.log_prob(x, generator, n_samples=n_samples)
-
-        return self._map_rows(log_prob, X, np.float64)
+        return self._importance_weighted_scores(X)
 
 
 def _layer_widths(layers, name):

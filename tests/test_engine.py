@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import Callback
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import Callback
 
 import skvae
 from skvae import INNAutoencoder, IsometricVAE, VAETransformer
@@ -100,9 +100,7 @@ def test_a_fit_that_runs_out_of_epochs_warns_at_the_callers_line(digits):
 def test_a_converged_fit_does_not_warn(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        INNAutoencoder(2, n_blocks=2, subnet_layers=(16,), random_state=0).fit(
-            digits
-        )
+        INNAutoencoder(2, n_blocks=2, subnet_layers=(16,), random_state=0).fit(digits)
         IsometricVAE(2, **SMALL).fit(digits)
 
 
@@ -201,9 +199,7 @@ def test_a_failed_run_leaves_the_model_as_it_was(cls, digits):
         est.partial_fit(digits * 1e30)
     for key, value in est.module_.state_dict().items():
         torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
-    assert est.net_.optimizer_.state_dict()["state"].keys() == optimiser[
-        "state"
-    ].keys()
+    assert est.net_.optimizer_.state_dict()["state"].keys() == optimiser["state"].keys()
     assert vars(est).keys() == attributes.keys()
     assert est.n_iter_ == attributes["n_iter_"]
     np.testing.assert_array_equal(est.transform(digits), before)

@@ -105,6 +105,21 @@ def test_log_prob_depends_on_each_row_alone():
     torch.testing.assert_close(full[3:4], one, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize(
+    "n_components, n_samples, samples_per_pass",
+    [(2, 100, 32), (2, 100, 3), (3, 257, 40), (1, 33, 16), (5, 7, 1), (16, 50, 7)],
+)
+def test_log_prob_in_passes_equals_one_pass(n_components, n_samples, samples_per_pass):
+    g = torch.Generator().manual_seed(0)
+    vae = GaussianVAE(5, n_components, encoder_layers=(8,), generator=g).double()
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    one_pass = vae.log_prob(x, torch.Generator().manual_seed(1), n_samples)
+    in_passes = vae.log_prob(
+        x, torch.Generator().manual_seed(1), n_samples, samples_per_pass
+    )
+    torch.testing.assert_close(in_passes, one_pass, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_initialisation_depends_on_the_generator_alone(likelihood):
     def build(seed):

@@ -1,5 +1,6 @@
 """The Gaussian-encoder variational autoencoder."""
 
+import itertools
 import math
 
 import torch
@@ -286,10 +287,35 @@ class GaussianVAE(LatentVariableModel):
         log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
         return self.log_likelihood(x, z) + self.prior.log_prob(z) - log_q
 
-    def log_prob(self, x, generator, n_samples=100):
-        """Importance-weighted (IWAE) estimate of log p(x) with K draws."""
-        log_w = self.importance_log_weights(x, generator, n_samples)
-        return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+    def log_prob(self, x, generator, n_samples=100, samples_per_pass=None):
+        """Importance-weighted (IWAE) estimate of log p(x) with K draws.
+
+        ``samples_per_pass`` bounds the draws evaluated at once, and with
+        them the memory, whatever K: each pass draws its share from
+        ``generator`` in turn and is reduced to one log-sum-exp before the
+        next. None evaluates all K at once. The passes are rounded to whole
+        blocks of 16 normal numbers, the block in which torch's CPU sampler
+        draws them, so that they draw the numbers one call for all K would
+        and the estimate does not depend on the split, up to rounding.
+        """
+        step = 16 // math.gcd(16, self.n_components)
+        per_pass = n_samples
+        if samples_per_pass is not None:
+            per_pass = max(step, samples_per_pass // step * step)
+        if per_pass >= n_samples:
+            log_w = self.importance_log_weights(x, generator, n_samples)
+            return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+        starts = list(range(0, n_samples, per_pass))
+        # A last pass of fewer than 16 numbers would draw them another way.
+        if (n_samples - starts[-1]) * self.n_components < 16:
+            starts.pop()
+        total = None
+        for start, stop in itertools.pairwise([*starts, n_samples]):
+            part = torch.logsumexp(
+                self.importance_log_weights(x, generator, stop - start), dim=0
+            )
+            total = part if total is None else torch.logaddexp(total, part)
+        return total - math.log(n_samples)
 
     def sample(self, n_samples, generator):
         like = self.data_shift
