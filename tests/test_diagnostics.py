@@ -329,7 +329,6 @@ def test_trained_linear_vae_is_self_consistent_only_with_small_decoder_variance(
             encoder_layers=(),
             decoder_layers=(),
             decoder_variance=decoder_variance,
-            max_iter=60,
             batch_size=32,
             learning_rate_init=5e-2,
             random_state=0,
