@@ -4,7 +4,6 @@ import math
 
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
 
 from .base import LatentVariableModel, build_network
 from .gaussian import (
@@ -260,36 +259,53 @@ class GaussianVAE(LatentVariableModel):
             return torch.sigmoid(self._logits(z))
         return self.decoder_mean_and_log_var(z)[0]
 
-    def decoder_jacobian(self, z):
-        """Jacobian of the decoder mean at each code, shape ``(n_rows, M, n)``.
+    def importance_log_weights(self, x, generator, n_samples, proposal=None):
+        """log p(x, z_k) - log q(z_k|x) for K draws z_k ~ q, shape ``(K, n_rows)``.
 
-        Reverse mode: forward mode would take fewer passes when n < M, but its
-        first use in a process scripts decompositions with the deprecated
-        ``torch.jit.script``, which costs seconds and raises warnings.
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_rows, n_features)
+            Data.
+        generator : torch.Generator
+            Source of the K standard-normal draws, shared by every row
+            (common random numbers), so each row's weights depend on that
+            row alone.
+        n_samples : int
+            K.
+        proposal : tuple of torch.Tensor, default=None
+            Mean and log-variance, each ``(n_rows, n_components)``, of the
+            diagonal Gaussian q to draw from; None is the encoder's
+            posterior q(z|x).
+
+        Returns
+        -------
+        log_weights : torch.Tensor of shape (n_samples, n_rows)
         """
-
-        def decode_one(code):
-            return self.decode(code.unsqueeze(0)).squeeze(0)
-
-        return vmap(jacrev(decode_one))(z)
-
-    def importance_log_weights(self, x, generator, n_samples):
-        """log p(x, z_k) - log q(z_k|x) for K draws, shape ``(K, n_rows)``.
-
-        The K standard-normal draws are shared by every row (common random
-        numbers), so each row's weights depend on that row alone.
-        """
-        mean, log_var = self.posterior(x)
+        mean, log_var = self.posterior(x) if proposal is None else proposal
         eps = standard_normal((n_samples, 1, self.n_components), generator, like=mean)
         z = mean + torch.exp(0.5 * log_var) * eps
         # log q(z|x) written with eps avoids cancelling (z - mean) / sigma.
         log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
         return self.log_likelihood(x, z) + self.prior.log_prob(z) - log_q
 
-    def log_prob(self, x, generator, n_samples=100):
-        """Importance-weighted (IWAE) estimate of log p(x) with K draws."""
-        log_w = self.importance_log_weights(x, generator, n_samples)
-        return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+    def log_prob(self, x, generator, n_samples=100, proposal=None, block_size=None):
+        """Importance-weighted (IWAE) estimate of log p(x) with K draws.
+
+        ``block_size`` draws are evaluated at a time (all K by default), and
+        their log-sum-exp accumulated, so that memory does not grow with K;
+        ``proposal`` is that of :meth:`importance_log_weights`.
+        """
+        block = n_samples if block_size is None else block_size
+        totals = [
+            torch.logsumexp(
+                self.importance_log_weights(
+                    x, generator, min(block, n_samples - start), proposal
+                ),
+                dim=0,
+            )
+            for start in range(0, n_samples, block)
+        ]
+        return torch.logsumexp(torch.stack(totals), dim=0) - math.log(n_samples)
 
     def sample(self, n_samples, generator):
         like = self.data_shift
