@@ -136,7 +136,18 @@ class FittedModule:
         return _floats_per_row(lambda: fn(self.module, x), n_rows)
 
     def rows_per_chunk(self, floats_per_row):
-        """Rows a chunk may hold when each row makes ``floats_per_row`` floats."""
+        """Rows a chunk may hold when each row makes ``floats_per_row`` floats.
+
+        Parameters
+        ----------
+        floats_per_row : int
+            Cost of one row, as :meth:`floats_per_row` measures it.
+
+        Returns
+        -------
+        rows : int
+            ``budget // floats_per_row``, at least 1.
+        """
         return max(1, self.budget // max(1, int(floats_per_row)))
 
     def map_rows(
