@@ -40,6 +40,7 @@ import ast
 import json
 import math
 import os
+import sys
 import time
 import warnings
 
@@ -571,7 +572,13 @@ def main():
         f"thread per fit, {args.jobs} fits at once; overrides: {args.set or 'none'}"
     )
     start = time.perf_counter()
-    results = Parallel(n_jobs=args.jobs)(jobs(args.tasks, args.estimators, args.seeds))
+    results = []
+    for row in Parallel(n_jobs=args.jobs, return_as="generator")(
+        jobs(args.tasks, args.estimators, args.seeds)
+    ):
+        results.append(row)
+        # Progress, one line per fit, while the tables wait for the end.
+        print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     print_tables(results)
     print(f"\nPanel run time: {(time.perf_counter() - start) / 60:.1f} min")
     if args.json:

@@ -29,6 +29,13 @@ from .inference import _PROBE_ROWS, FittedModule, _floats_per_row, as_tensor
 
 FLOAT_DTYPES = (np.float64, np.float32)
 _SEED_BOUND = np.iinfo(np.int32).max
+# Bounds of the integer parameters that size no weight, far above any useful
+# value: skvae.load validates a file's parameters as fit does, and these keep
+# a file from asking for unbounded work. (The weights a file holds bound the
+# network sizes.)
+MAX_EPOCHS = 10**6
+MAX_BATCH_SIZE = 10**9
+MAX_IMPORTANCE_SAMPLES = 10**6
 
 
 class BaseLatentEstimator(
@@ -43,13 +50,13 @@ class BaseLatentEstimator(
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, MAX_EPOCHS, closed="both")],
+        "batch_size": [Interval(Integral, 1, MAX_BATCH_SIZE, closed="both")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "learning_rate": [StrOptions({"adaptive", "constant"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, MAX_EPOCHS, closed="both")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -500,6 +507,34 @@ class BaseLatentEstimator(
         # On the CPU whatever the device: see skvae.nn.gaussian.standard_normal.
         return torch.Generator().manual_seed(seed)
 
+    def _importance_weighted_scores(self, X):
+        """IWAE estimate of log p(x) for the validated rows X, with
+        ``n_importance_samples`` draws in passes that fit the memory budget.
+
+        The cost of one draw is measured on one row, so the passes fit any
+        network.
+        """
+        n_samples = self.n_importance_samples
+        fitted = FittedModule(self, X.dtype)
+        row = fitted.tensor(X[:1])
+        floats_per_sample = _floats_per_row(
+            lambda: fitted.module.log_prob(
+                row, self._generator(0), n_samples=_PROBE_SAMPLES
+            ),
+            _PROBE_SAMPLES,
+        )
+        samples_per_pass = _samples_per_pass(
+            n_samples, floats_per_sample, fitted.budget
+        )
+
+        def log_prob(module, x):
+            generator = self._generator(self._score_seed)
+            return module.log_prob(
+                x, generator, n_samples=n_samples, samples_per_pass=samples_per_pass
+            )
+
+        return fitted.map_rows(log_prob, X, out_dtype=np.float64)
+
     def _to_tensor(self, X, device=None, dtype=np.float32):
         if device is None:
             device = next(self.module_.parameters()).device
@@ -559,6 +594,19 @@ def _layer_widths(layers, name):
     if not all(isinstance(w, Integral) and w >= 1 for w in widths):
         raise ValueError(f"{name} must hold positive integers, got {layers!r}.")
     return tuple(int(w) for w in widths)
+
+
+def _samples_per_pass(n_samples, floats_per_sample, budget):
+    """Importance samples of a row to evaluate at once: None (all of them)
+    while they fit the inference budget, else as many as do, so that no K
+    asks for more memory."""
+    if n_samples * floats_per_sample <= budget:
+        return None
+    return max(1, budget // floats_per_sample)
+
+
+# Importance samples of one row that the cost of one draw is measured on.
+_PROBE_SAMPLES = 8
 
 
 def _accumulate_moments(est, X, incremental):

@@ -79,8 +79,8 @@ class INNAutoencoder(BaseLatentEstimator):
         below the spread of the data's smallest principal components you
         want to discard; a wider value lets the network keep information
         in the discarded outputs that zero padding then loses.
-    max_iter : int, default=200
-        Maximum number of epochs.
+    max_iter : int, default=500
+        Maximum number of epochs; training usually converges well before.
     batch_size : int, default=128
         Rows per mini-batch.
     learning_rate_init : float, default=3e-3
@@ -198,7 +198,7 @@ class INNAutoencoder(BaseLatentEstimator):
         reconstruction_loss="mse",
         likelihood_weight=1.0,
         discarded_std=0.01,
-        max_iter=200,
+        max_iter=500,
         batch_size=128,
         learning_rate_init=3e-3,
         learning_rate="adaptive",

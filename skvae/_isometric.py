@@ -8,7 +8,12 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator, _accumulate_moments, _layer_widths
+from ._base import (
+    MAX_IMPORTANCE_SAMPLES,
+    BaseLatentEstimator,
+    _accumulate_moments,
+    _layer_widths,
+)
 from .nn.isometric import IsometricGaussianVAE
 from .nn.mlp import ACTIVATIONS
 
@@ -85,10 +90,10 @@ class IsometricVAE(BaseLatentEstimator):
         that does not rest on the isometry). It can be changed after fitting
         with ``set_params`` to compare both.
     n_importance_samples : int, default=100
-        Importance samples K of the IWAE estimate; unused with
-        ``density_estimate="isometric"``.
-    max_iter : int, default=200
-        Maximum number of epochs.
+        Importance samples K of the IWAE estimate, at most 10**6; unused with
+        ``density_estimate="isometric"``. Memory does not grow with K.
+    max_iter : int, default=500
+        Maximum number of epochs; training usually converges well before.
     batch_size : int, default=128
         Rows per mini-batch.
     learning_rate_init : float, default=3e-3
@@ -265,7 +270,9 @@ class IsometricVAE(BaseLatentEstimator):
         "decoder": [callable, None],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "density_estimate": [StrOptions({"isometric", "iwae"})],
-        "n_importance_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_importance_samples": [
+            Interval(Integral, 1, MAX_IMPORTANCE_SAMPLES, closed="both")
+        ],
     }
 
     def __init__(
@@ -280,7 +287,7 @@ class IsometricVAE(BaseLatentEstimator):
         activation="silu",
         density_estimate="isometric",
         n_importance_samples=100,
-        max_iter=200,
+        max_iter=500,
         batch_size=128,
         learning_rate_init=3e-3,
         learning_rate="adaptive",
@@ -384,13 +391,7 @@ class IsometricVAE(BaseLatentEstimator):
         if self.density_estimate == "isometric":
             return self._map_rows(_isometric_log_prob, X, np.float64)
 
-        n_samples = self.n_importance_samples
-
-        def log_prob(module, x):
-            generator = self._generator(self._score_seed)
-            return module.log_prob(x, generator, n_samples=n_samples)
-
-        return self._map_rows(log_prob, X, np.float64)
+        return self._importance_weighted_scores(X)
 
     def isometry_report(self, X):
         """Measure how close the decoder is to a scaled isometry at each row.

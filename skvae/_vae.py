@@ -8,6 +8,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import (
+    MAX_IMPORTANCE_SAMPLES,
     BaseLatentEstimator,
     _accumulate_moments,
     _encode,
@@ -60,15 +61,17 @@ class VAETransformer(BaseLatentEstimator):
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
         Decoder distribution. ``"bernoulli"`` needs data in [0, 1] and gives
         probabilities (a density only for binary data).
-    decoder_variance : {"learned", "heteroscedastic"} or float, \
-            default="heteroscedastic"
-        Variance of the Gaussian decoder: ``"heteroscedastic"``, a variance
-        per feature that the decoder outputs for each code beside the mean
-        (the best density model when the noise level differs between
-        regions, such as background and strokes of digits); ``"learned"``,
-        one learned value per feature; or a fixed positive value. Small fixed
-        values give the near-deterministic regime in which the encoder
-        inverts the decoder.
+    decoder_variance : {"learned", "heteroscedastic"} or float, default="learned"
+        Variance of the Gaussian decoder: ``"learned"``, one learned value
+        per feature; ``"heteroscedastic"``, a variance per feature that the
+        decoder outputs for each code beside the mean (the best density
+        model when the noise level differs between regions, such as
+        background and strokes of digits: 74.8 against 62.8 nats on the
+        dequantized digits, but its codes carry less of the data: a 2-D
+        embedding of the digits scores 0.55 in 5-NN accuracy against 0.80
+        with ``"learned"``); or a fixed positive value. Small fixed values
+        give the near-deterministic regime in which the encoder inverts the
+        decoder.
     beta : float, default=1.0
         Weight of the KL term in the training loss (a beta-VAE). The model's
         density, and so :meth:`score_samples`, does not depend on it.
@@ -82,9 +85,11 @@ class VAETransformer(BaseLatentEstimator):
         <vae_prior_shape>`). Only shape 2 has the KL term in closed form;
         other shapes train on a one-draw estimate of it.
     n_importance_samples : int, default=100
-        Importance samples K of the IWAE estimate in :meth:`score_samples`.
-    max_iter : int, default=200
-        Maximum number of epochs.
+        Importance samples K of the IWAE estimate in :meth:`score_samples`,
+        at most 10**6. Memory does not grow with K: a row whose K samples
+        exceed the inference chunk is scored a part of them at a time.
+    max_iter : int, default=500
+        Maximum number of epochs; training usually converges well before.
     batch_size : int, default=128
         Rows per mini-batch.
     learning_rate_init : float, default=3e-3
@@ -229,7 +234,9 @@ class VAETransformer(BaseLatentEstimator):
         ],
         "beta": [Interval(Real, 0, None, closed="neither")],
         "prior_shape": [Interval(Real, 1, None, closed="left")],
-        "n_importance_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_importance_samples": [
+            Interval(Integral, 1, MAX_IMPORTANCE_SAMPLES, closed="both")
+        ],
     }
 
     def __init__(
@@ -242,11 +249,11 @@ class VAETransformer(BaseLatentEstimator):
         decoder=None,
         activation="silu",
         likelihood="gaussian",
-        decoder_variance="heteroscedastic",
+        decoder_variance="learned",
         beta=1.0,
         prior_shape=2.0,
         n_importance_samples=100,
-        max_iter=200,
+        max_iter=500,
         batch_size=128,
         learning_rate_init=3e-3,
         learning_rate="adaptive",
@@ -349,10 +356,4 @@ class VAETransformer(BaseLatentEstimator):
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        n_samples = self.n_importance_samples
-
-        def log_prob(module, x):
-            generator = self._generator(self._score_seed)
-            return module.log_prob(x, generator, n_samples=n_samples)
-
-        return self._map_rows(log_prob, X, np.float64)
+        return self._importance_weighted_scores(X)

@@ -681,8 +681,8 @@ def amortization_gap(
             x,
             _generator(seeds[2]),
             n_importance_samples,
+            samples_per_pass=_SAMPLE_BLOCK,
             proposal=best_q,
-            block_size=_SAMPLE_BLOCK,
         )
         return elbo, elbo_best, log_p, stderr, *best_q, n_iter
 

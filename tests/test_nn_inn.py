@@ -349,3 +349,43 @@ def test_bad_arguments_raise(kwargs, match):
     params = {"n_features": 3, "n_components": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         INNAutoencoderModule(**params)
+
+
+@pytest.mark.parametrize(
+    "make, key, bad, message",
+    [
+        (
+            lambda: FixedPermutation(4, generator=seeded(0)),
+            "perm",
+            torch.tensor([0, 0, 1, 2]),
+            "not a permutation",
+        ),
+        (
+            lambda: FixedPermutation(4, generator=seeded(0)),
+            "inverse_perm",
+            torch.tensor([0, 1, 2, 3]),
+            "not a permutation",
+        ),
+        (
+            lambda: FixedOrthogonal(3, generator=seeded(0)),
+            "weight",
+            2 * torch.eye(3),
+            "not an orthogonal",
+        ),
+        (lambda: FixedAffine(3), "rotation", torch.ones(3, 3), "not an orthogonal"),
+        (
+            lambda: FixedAffine(3),
+            "rotation",
+            torch.full((3, 3), float("nan")),
+            "not an orthogonal",
+        ),
+    ],
+)
+def test_mixing_layers_load_only_what_keeps_them_invertible(make, key, bad, message):
+    layer = make()
+    # A valid state loads.
+    make().load_state_dict(layer.state_dict())
+    state = layer.state_dict()
+    state[key] = bad
+    with pytest.raises(RuntimeError, match=message):
+        make().load_state_dict(state)

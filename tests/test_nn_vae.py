@@ -103,20 +103,19 @@ def test_iwae_with_another_proposal_in_blocks_of_draws():
         )
     np.testing.assert_allclose(log_p.numpy(), marginal.logpdf(x.numpy()), rtol=1e-10)
     assert (poor < log_p - 1e-3).all()
-    # Blocks of draws: the log-sum-exp of the same draws, taken in turn.
-    g = torch.Generator().manual_seed(1)
-    weights = torch.cat(
-        [vae.importance_log_weights(x, g, k, proposal=exact_q) for k in (4, 4, 2)]
+    # In passes: the log-sum-exp of the draws of one pass for all K.
+    weights = vae.importance_log_weights(
+        x, torch.Generator().manual_seed(1), 40, proposal=exact_q
     )
-    blocked = vae.log_prob(
+    in_passes = vae.log_prob(
         x,
         torch.Generator().manual_seed(1),
-        n_samples=10,
+        n_samples=40,
+        samples_per_pass=16,
         proposal=exact_q,
-        block_size=4,
     )
     torch.testing.assert_close(
-        blocked, torch.logsumexp(weights, 0) - np.log(10), rtol=1e-12, atol=0
+        in_passes, torch.logsumexp(weights, 0) - np.log(40), rtol=1e-12, atol=0
     )
 
 
@@ -134,6 +133,21 @@ def test_log_prob_depends_on_each_row_alone():
     full = vae.log_prob(x, torch.Generator().manual_seed(5), n_samples=7)
     one = vae.log_prob(x[3:4], torch.Generator().manual_seed(5), n_samples=7)
     torch.testing.assert_close(full[3:4], one, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "n_components, n_samples, samples_per_pass",
+    [(2, 100, 32), (2, 100, 3), (3, 257, 40), (1, 33, 16), (5, 7, 1), (16, 50, 7)],
+)
+def test_log_prob_in_passes_equals_one_pass(n_components, n_samples, samples_per_pass):
+    g = torch.Generator().manual_seed(0)
+    vae = GaussianVAE(5, n_components, encoder_layers=(8,), generator=g).double()
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    one_pass = vae.log_prob(x, torch.Generator().manual_seed(1), n_samples)
+    in_passes = vae.log_prob(
+        x, torch.Generator().manual_seed(1), n_samples, samples_per_pass
+    )
+    torch.testing.assert_close(in_passes, one_pass, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])

@@ -12,6 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 
 from skvae import INNAutoencoder, IsometricVAE, VAETransformer
+from skvae.nn import GaussianVAE
 
 ESTIMATORS = [
     VAETransformer(2, encoder_layers=(8,), max_iter=3, random_state=0),
@@ -105,6 +106,33 @@ def test_chunked_inference_equals_one_pass(est, budget):
     for a, b in zip(one_pass, chunked, strict=True):
         scale = np.abs(a).max(axis=0)
         np.testing.assert_allclose(b / scale, a / scale, rtol=0, atol=1e-13)
+
+
+def test_importance_samples_beyond_the_budget_are_drawn_in_passes(monkeypatch):
+    X = ppca_rows(20)
+    est = VAETransformer(
+        2, encoder_layers=(8,), n_importance_samples=1000, max_iter=2, random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    draws = []
+    importance_log_weights = GaussianVAE.importance_log_weights
+
+    def spy(module, x, generator, n_samples, proposal=None):
+        draws.append((len(x), n_samples))
+        return importance_log_weights(module, x, generator, n_samples, proposal)
+
+    monkeypatch.setattr(GaussianVAE, "importance_log_weights", spy)
+    one_pass = est.score_samples(X)
+    assert draws == [(20, 1000)]
+    draws.clear()
+    # 160 floats hold 10 draws of the decoder's 16 outputs: one row at a time,
+    # 8 draws at a time (whole blocks of 16 normal numbers).
+    monkeypatch.setattr(est, "_inference_budget", 160, raising=False)
+    in_passes = est.score_samples(X)
+    assert draws == [(1, 8)] * (20 * 125)
+    np.testing.assert_allclose(in_passes, one_pass, rtol=1e-12, atol=0)
 
 
 def test_device_auto_picks_what_exists():

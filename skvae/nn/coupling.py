@@ -176,6 +176,40 @@ class FixedPermutation(nn.Module):
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ):
+        # Weights read from a file: an index that is not a permutation would
+        # fail at use, or silently duplicate a feature and break invertibility.
+        perm = state_dict.get(prefix + "perm")
+        inverse = state_dict.get(prefix + "inverse_perm")
+        if (
+            perm is not None
+            and inverse is not None
+            and perm.shape == inverse.shape == self.perm.shape
+            and not _inverse_permutations(perm, inverse)
+        ):
+            error_msgs.append(
+                f"{prefix}perm and {prefix}inverse_perm are not a permutation "
+                "and its inverse."
+            )
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
     def forward(self, x):
         """Permute the columns of ``x``; the log-determinant is zero."""
         return x[:, self.perm], x.new_zeros(x.shape[0])
@@ -183,6 +217,37 @@ class FixedPermutation(nn.Module):
     def inverse(self, y):
         """Undo the permutation."""
         return y[:, self.inverse_perm]
+
+
+def _inverse_permutations(perm, inverse):
+    """Whether ``perm`` is a permutation of ``0..n-1`` and ``inverse`` its inverse."""
+    if perm.dtype != torch.int64 or inverse.dtype != torch.int64 or perm.dim() != 1:
+        return False
+    identity = torch.arange(len(perm), device=perm.device)
+    return torch.equal(torch.sort(perm).values, identity) and torch.equal(
+        inverse[perm], identity
+    )
+
+
+def _check_orthogonal(state_dict, key, like, error_msgs):
+    """Report a square matrix loaded into ``key`` that is not orthogonal.
+
+    Mixing layers claim a log-determinant of zero; a matrix that is not
+    orthogonal would make every density silently wrong. The tolerance, the
+    square root of the machine epsilon, is far above the rounding of a QR
+    factor (about 1e-6 in float32). A matrix of the wrong shape is left to
+    ``load_state_dict``'s own report.
+    """
+    matrix = state_dict.get(key)
+    if matrix is None or matrix.shape != like.shape:
+        return
+    if matrix.is_floating_point():
+        identity = torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
+        error = (matrix.T @ matrix - identity).abs()
+        # NaN compares False, so a matrix holding NaN is reported too.
+        if bool((error <= math.sqrt(torch.finfo(matrix.dtype).eps)).all()):
+            return
+    error_msgs.append(f"{key} is not an orthogonal matrix.")
 
 
 def _sign_corrected_q(matrix):
@@ -232,6 +297,27 @@ class FixedOrthogonal(nn.Module):
         if self.weight.dtype != dtype:
             self.weight = _sign_corrected_q(self.weight)
         return self
+
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ):
+        _check_orthogonal(state_dict, prefix + "weight", self.weight, error_msgs)
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
 
     def forward(self, x):
         """Rotate the rows of ``x``; the log-determinant is zero."""
@@ -287,6 +373,27 @@ class FixedAffine(nn.Module):
         if self.rotation.dtype != dtype:
             self.rotation = _sign_corrected_q(self.rotation)
         return self
+
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ):
+        _check_orthogonal(state_dict, prefix + "rotation", self.rotation, error_msgs)
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
 
     def set_(self, shift, rotation, log_scale=None):
         """Set the centring, the rotation and (optionally) the log-scales.

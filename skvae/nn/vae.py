@@ -1,5 +1,6 @@
 """The Gaussian-encoder variational autoencoder."""
 
+import itertools
 import math
 
 import torch
@@ -288,24 +289,45 @@ class GaussianVAE(LatentVariableModel):
         log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
         return self.log_likelihood(x, z) + self.prior.log_prob(z) - log_q
 
-    def log_prob(self, x, generator, n_samples=100, proposal=None, block_size=None):
+    def log_prob(
+        self, x, generator, n_samples=100, samples_per_pass=None, proposal=None
+    ):
         """Importance-weighted (IWAE) estimate of log p(x) with K draws.
 
-        ``block_size`` draws are evaluated at a time (all K by default), and
-        their log-sum-exp accumulated, so that memory does not grow with K;
-        ``proposal`` is that of :meth:`importance_log_weights`.
+        The draws come from ``proposal``, as in
+        :meth:`importance_log_weights`: the encoder's posterior by default.
+
+        ``samples_per_pass`` bounds the draws evaluated at once, and with
+        them the memory, whatever K: each pass draws its share from
+        ``generator`` in turn and is reduced to one log-sum-exp before the
+        next. None evaluates all K at once. The passes are rounded to whole
+        blocks of 16 normal numbers, the block in which torch's CPU sampler
+        draws them, so that they draw the numbers one call for all K would
+        and the estimate does not depend on the split, up to rounding.
         """
-        block = n_samples if block_size is None else block_size
-        totals = [
-            torch.logsumexp(
+        step = 16 // math.gcd(16, self.n_components)
+        per_pass = n_samples
+        if samples_per_pass is not None:
+            per_pass = max(step, samples_per_pass // step * step)
+        if per_pass >= n_samples:
+            log_w = self.importance_log_weights(
+                x, generator, n_samples, proposal=proposal
+            )
+            return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+        starts = list(range(0, n_samples, per_pass))
+        # A last pass of fewer than 16 numbers would draw them another way.
+        if (n_samples - starts[-1]) * self.n_components < 16:
+            starts.pop()
+        total = None
+        for start, stop in itertools.pairwise([*starts, n_samples]):
+            part = torch.logsumexp(
                 self.importance_log_weights(
-                    x, generator, min(block, n_samples - start), proposal
+                    x, generator, stop - start, proposal=proposal
                 ),
                 dim=0,
             )
-            for start in range(0, n_samples, block)
-        ]
-        return torch.logsumexp(torch.stack(totals), dim=0) - math.log(n_samples)
+            total = part if total is None else torch.logaddexp(total, part)
+        return total - math.log(n_samples)
 
     def sample(self, n_samples, generator):
         like = self.data_shift
