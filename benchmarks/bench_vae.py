@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from skvae import VAETransformer
+from skvae.inference import FittedModule
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 
@@ -67,14 +68,22 @@ def bench_inference(repeats, n_rows, n_importance_samples):
     rows = []
     for dtype in (np.float32, np.float64):
         X = rng.uniform(size=(n_rows, X_small.shape[1])).astype(dtype)
-        module = est._inference_module(dtype)
+        fitted = FittedModule(est, dtype)
+        module = fitted.module
         x = torch.from_numpy(X)
-        widest = max((2 * X.shape[1], *module.decoder_widths))
-        chunk = est._rows_per_chunk(n_importance_samples * widest)
+        # The chunks score_samples uses: sized by the measured cost.
+        chunk = fitted.rows_per_chunk(
+            fitted.floats_per_row(
+                lambda m, rows: m.log_prob(
+                    rows, _generator(0), n_samples=n_importance_samples
+                ),
+                X,
+            )
+        )
 
         bare_encode = partial(_bare_encode, module, x)
         bare_score = partial(
-            _bare_score, module, x, chunk, n_importance_samples, est._generator
+            _bare_score, module, x, chunk, n_importance_samples, _generator
         )
 
         for name, method, bare in (
@@ -100,6 +109,10 @@ def bench_inference(repeats, n_rows, n_importance_samples):
                 )
             )
     return rows
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 def _bare_encode(module, x):

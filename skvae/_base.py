@@ -1,7 +1,6 @@
 """The scikit-learn side shared by every skvae estimator."""
 
 import copy
-import math
 import sys
 import warnings
 from abc import abstractmethod
@@ -21,11 +20,12 @@ from sklearn.base import (
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from torch.overrides import TorchFunctionMode
 
 from ._training import build_net, converged
 from .exceptions import PosteriorCollapseWarning
+from .inference import _PROBE_ROWS, FittedModule, _floats_per_row, as_tensor
 
 FLOAT_DTYPES = (np.float64, np.float32)
 _SEED_BOUND = np.iinfo(np.int32).max
@@ -64,10 +64,6 @@ class BaseLatentEstimator(
         "device": [str, torch.device],
         "callbacks": [list, None],
     }
-
-    # Floats held at once by one inference chunk: about 16 MiB in float32,
-    # large enough to keep matrix products efficient.
-    _inference_budget = 2**22
 
     @abstractmethod
     def _build_module(self, n_features, generator):
@@ -406,16 +402,16 @@ class BaseLatentEstimator(
             self.random_state if random_state is None else random_state
         )
         generator = self._generator(int(rng.randint(_SEED_BOUND)))
-        module = self._inference_module(np.float64)
-        rows = self._rows_per_chunk(
-            _floats_per_row(lambda n: module.sample(n, self._generator(0)))
+        fitted = FittedModule(self, np.float64)
+        module = fitted.module
+        cost = _floats_per_row(
+            lambda: module.sample(_PROBE_ROWS, self._generator(0)), _PROBE_ROWS
         )
-        with torch.no_grad():
-            chunks = (
-                module.sample(min(rows, n_samples - start), generator)
-                for start in range(0, n_samples, rows)
-            )
-            return self._gather(chunks, n_samples, np.float64)
+        return fitted.map_chunks(
+            lambda start, stop: module.sample(stop - start, generator),
+            n_samples,
+            fitted.rows_per_chunk(cost),
+        )
 
     def __getstate__(self):
         # A copy: BaseEstimator returns the instance's own __dict__.
@@ -511,9 +507,6 @@ class BaseLatentEstimator(
         # On the CPU whatever the device: see skvae.nn.gaussian.standard_normal.
         return torch.Generator().manual_seed(seed)
 
-    def _rows_per_chunk(self, floats_per_row):
-        return max(1, self._inference_budget // max(1, floats_per_row))
-
     def _importance_weighted_scores(self, X):
         """IWAE estimate of log p(x) for the validated rows X, with
         ``n_importance_samples`` draws in passes that fit the memory budget.
@@ -522,12 +515,17 @@ class BaseLatentEstimator(
         network.
         """
         n_samples = self.n_importance_samples
-        row = self._to_tensor(X[:1], dtype=np.float32)
+        fitted = FittedModule(self, X.dtype)
+        row = fitted.tensor(X[:1])
         floats_per_sample = _floats_per_row(
-            lambda k: self.module_.log_prob(row, self._generator(0), n_samples=k),
+            lambda: fitted.module.log_prob(
+                row, self._generator(0), n_samples=_PROBE_SAMPLES
+            ),
             _PROBE_SAMPLES,
         )
-        samples_per_pass = self._samples_per_pass(n_samples, floats_per_sample)
+        samples_per_pass = _samples_per_pass(
+            n_samples, floats_per_sample, fitted.budget
+        )
 
         def log_prob(module, x):
             generator = self._generator(self._score_seed)
@@ -535,96 +533,21 @@ class BaseLatentEstimator(
                 x, generator, n_samples=n_samples, samples_per_pass=samples_per_pass
             )
 
-        return self._map_rows(log_prob, X, np.float64)
-
-    def _samples_per_pass(self, n_samples, floats_per_sample):
-        """Importance samples of a row to evaluate at once: None (all of
-        them) while they fit the inference budget, else as many as do, so
-        that no K asks for more memory."""
-        if n_samples * floats_per_sample <= self._inference_budget:
-            return None
-        return max(1, self._inference_budget // floats_per_sample)
+        return fitted.map_rows(log_prob, X, out_dtype=np.float64)
 
     def _to_tensor(self, X, device=None, dtype=np.float32):
         if device is None:
             device = next(self.module_.parameters()).device
-        if sp.issparse(X):
-            X = X.toarray()
-        # A C-ordered copy: torch cannot share memory with read-only arrays
-        # (memmaps), nor hold the negative strides of views such as X[::-1].
-        X = np.array(X, dtype=dtype, order="C", copy=True)
-        return torch.from_numpy(X).to(device)
+        return as_tensor(X, device, dtype)
 
     def _inference_module(self, dtype):
-        """The fitted module evaluated in ``dtype`` (float32 or float64).
-
-        Training runs in float32. Matrix products round the rows that BLAS
-        leaves over from its blocks of rows differently, so a row's output
-        shifts in its last bits with the chunk it lands in: by up to 4e-7 of
-        the output's scale in float32, more than the 1e-7 scikit-learn
-        tolerates between a row's result alone and in a batch. A float64
-        copy for float64 data keeps the shift within 1e-13
-        (docs/developers.rst), and costs one copy of the weights per call.
-        """
-        if dtype == np.float32:
-            return self.module_
-        return copy.deepcopy(self.module_).to(torch.float64)
-
-    def _gather(self, chunks, n_rows, dtype):
-        """The outputs of ``chunks``, tensors in row order, as one array of
-        ``dtype``, all finite.
-
-        The array is allocated once and each chunk's output is copied into
-        it as it comes. Chunk outputs kept until a final join fragment
-        glibc's heap: each sits among the large buffers its chunk freed,
-        which later chunks then cannot reuse, so the resident memory grows
-        with the number of chunks. Scoring a million rows held 2.2 GiB
-        instead of about 40 MiB while the kept outputs were tensors, and
-        ``INNAutoencoder.transform`` still grew by 10 MiB a chunk with NumPy
-        copies (benchmarks/bench_scale.py memory and transform). A join
-        would also double the output's memory.
-        """
-        out, first_bad, n_bad, start = None, None, 0, 0
-        for chunk in chunks:
-            if out is None:
-                out = np.empty((n_rows, *chunk.shape[1:]), dtype=dtype)
-            stop = start + len(chunk)
-            out[start:stop] = chunk.detach().cpu().numpy()
-            bad = ~np.isfinite(out[start:stop]).reshape(stop - start, -1).all(axis=1)
-            if first_bad is None and bad.any():
-                first_bad = start + np.flatnonzero(bad)[0]
-            n_bad += int(bad.sum())
-            start = stop
-        if n_bad:
-            raise ValueError(
-                f"{type(self).__name__} produced non-finite values for "
-                f"{n_bad} row(s) (first: row {first_bad}). The "
-                "input is probably far outside the range of the training data; "
-                "scale it as the training data was scaled."
-            )
-        return out
+        """The fitted module evaluated in ``dtype`` (see FittedModule)."""
+        return FittedModule(self, dtype).module
 
     def _map_rows(self, fn, X, out_dtype):
-        """Evaluate ``fn(module, x_chunk)`` over chunks of rows, in X's dtype.
-
-        Chunks bound the memory of inference whatever the number of rows; their
-        size comes from the floats ``fn`` makes for a few probe rows, so it
-        holds for any network without reading its layers.
-        """
-        module = self._inference_module(X.dtype)
-        probe = X[:_PROBE_ROWS]
-        rows = self._rows_per_chunk(
-            _floats_per_row(
-                lambda n: fn(module, self._to_tensor(probe[:n], dtype=X.dtype)),
-                probe.shape[0],
-            )
-        )
-        with torch.no_grad():
-            chunks = (
-                fn(module, self._to_tensor(X[start : start + rows], dtype=X.dtype))
-                for start in range(0, X.shape[0], rows)
-            )
-            return self._gather(chunks, X.shape[0], out_dtype)
+        """Evaluate ``fn(module, x_chunk)`` over chunks of rows, in X's dtype
+        (see FittedModule.map_rows)."""
+        return FittedModule(self, X.dtype).map_rows(fn, X, out_dtype=out_dtype)
 
 
 @dataclass(frozen=True)
@@ -665,37 +588,55 @@ def _user_stacklevel():
     return level
 
 
-# Rows, and importance samples of one row, that the cost of an inference
-# function is measured on.
-_PROBE_ROWS = 2
+def _layer_widths(layers, name):
+    """Hidden widths of an MLP parameter as a tuple of positive ints."""
+    widths = tuple(np.ravel(layers))
+    if not all(isinstance(w, Integral) and w >= 1 for w in widths):
+        raise ValueError(f"{name} must hold positive integers, got {layers!r}.")
+    return tuple(int(w) for w in widths)
+
+
+def _samples_per_pass(n_samples, floats_per_sample, budget):
+    """Importance samples of a row to evaluate at once: None (all of them)
+    while they fit the inference budget, else as many as do, so that no K
+    asks for more memory."""
+    if n_samples * floats_per_sample <= budget:
+        return None
+    return max(1, budget // floats_per_sample)
+
+
+# Importance samples of one row that the cost of one draw is measured on.
 _PROBE_SAMPLES = 8
 
 
-class _FloatCounter(TorchFunctionMode):
-    """Counts the elements of every tensor that torch functions return."""
-
-    def __init__(self):
-        super().__init__()
-        self.floats = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        for value in result if isinstance(result, tuple | list) else (result,):
-            if isinstance(value, torch.Tensor):
-                self.floats += value.numel()
-        return result
+def _accumulate_moments(est, X, incremental):
+    """Set ``n_samples_seen_``, ``mean_`` and ``var_`` of ``est`` to those of
+    the rows seen: X's, joined, for ``partial_fit``, by those of the calls
+    before it."""
+    if incremental and hasattr(est, "n_samples_seen_"):
+        seen = est.n_samples_seen_, est.mean_, est.var_
+    else:
+        seen = 0, 0.0, 0.0
+    est.n_samples_seen_, est.mean_, est.var_ = _updated_moments(X, *seen)
 
 
-def _floats_per_row(run, n_rows=_PROBE_ROWS):
-    """Elements made per row by ``run(n_rows)``, measured on a few rows.
+def _updated_moments(X, n_seen, mean, var):
+    """Count, mean and variance (ddof=0) per feature of ``n_seen`` earlier
+    rows with those moments, joined by X's rows.
 
-    Every intermediate tensor counts, views included, so this bounds the
-    memory a chunk needs from above whatever the network inside.
+    The pairwise update of Chan, Golub and LeVeque, as IncrementalPCA's.
     """
-    counter = _FloatCounter()
-    with torch.no_grad(), counter:
-        run(n_rows)
-    return math.ceil(counter.floats / n_rows)
+    if sp.issparse(X):
+        X_mean, X_var = mean_variance_axis(X.astype(np.float64), axis=0)
+    else:
+        X_mean = X.mean(axis=0, dtype=np.float64)
+        X_var = X.var(axis=0, dtype=np.float64)
+    n_X = X.shape[0]
+    n_total = n_seen + n_X
+    delta = X_mean - mean
+    mean = mean + delta * (n_X / n_total)
+    var = (n_seen * var + n_X * X_var + delta**2 * (n_seen * n_X / n_total)) / n_total
+    return n_total, mean, var
 
 
 def _quiet_finiteness_check():

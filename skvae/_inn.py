@@ -4,14 +4,12 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from scipy.special import digamma, gammaln
-from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseLatentEstimator
-from ._vae import _layer_widths
+from ._base import BaseLatentEstimator, _layer_widths
+from .diagnostics import knn_entropy
 from .nn.inn import MIXINGS, INNAutoencoderModule
 from .nn.mlp import ACTIVATIONS
 
@@ -323,45 +321,3 @@ class INNAutoencoder(BaseLatentEstimator):
 
 def _log_prob(module, x):
     return module.log_prob(x)
-
-
-def knn_entropy(X, n_neighbors=3):
-    """Kozachenko-Leonenko estimate of the differential entropy of X's rows.
-
-    H = psi(n) - psi(k) + log V_d + (d / n) sum_i log r_i, with r_i the
-    distance from row i to its k-th nearest neighbour and V_d the volume of
-    the unit ball in d dimensions.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-        Samples of a continuous distribution.
-    n_neighbors : int, default=3
-        The k of the estimator.
-
-    Returns
-    -------
-    entropy : float
-        Estimated entropy in nats.
-    """
-    n_samples, n_features = X.shape
-    if n_samples <= n_neighbors:
-        raise ValueError(
-            f"The entropy estimate needs more than n_neighbors={n_neighbors} "
-            f"rows, got {n_samples}."
-        )
-    # kneighbors() without X leaves each row out of its own neighbours.
-    distances, _ = NearestNeighbors(n_neighbors=n_neighbors).fit(X).kneighbors()
-    if np.any(distances[:, 0] == 0):
-        raise ValueError(
-            "X has repeated rows, which have no continuous density: "
-            "dequantize discrete data (add uniform noise) before estimating "
-            "entropies."
-        )
-    log_unit_ball = n_features / 2 * np.log(np.pi) - gammaln(n_features / 2 + 1)
-    return float(
-        digamma(n_samples)
-        - digamma(n_neighbors)
-        + log_unit_ball
-        + n_features * np.mean(np.log(distances[:, -1]))
-    )

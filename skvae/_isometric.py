@@ -3,15 +3,17 @@
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MAX_IMPORTANCE_SAMPLES, BaseLatentEstimator
-from ._vae import _layer_widths
+from ._base import (
+    MAX_IMPORTANCE_SAMPLES,
+    BaseLatentEstimator,
+    _accumulate_moments,
+    _layer_widths,
+)
 from .nn.isometric import IsometricGaussianVAE
 from .nn.mlp import ACTIVATIONS
 
@@ -162,18 +164,29 @@ class IsometricVAE(BaseLatentEstimator):
         the prior: importance below 1.1 times ``beta / 2``, posterior standard
         deviation near 1. Collapsed latents come last.
     components_order_ : ndarray of shape (n_components,)
-        Index in ``module_`` of each column of :meth:`transform`: the latents
-        by decreasing importance.
+        For each column of :meth:`transform`, the output of the encoder
+        network (and input of the decoder network) it comes from: the
+        latents by decreasing importance, a copy of ``module_.latent_order``.
     mean_ : ndarray of shape (n_features_in_,)
         Per-feature mean of the rows seen: those of the last :meth:`fit`,
         then of every :meth:`partial_fit` call since, as in
-        :class:`~sklearn.decomposition.IncrementalPCA`.
+        :class:`~sklearn.decomposition.IncrementalPCA`. The data's mean,
+        as ``mean_`` of :class:`~sklearn.decomposition.PCA` and
+        :class:`~sklearn.decomposition.FactorAnalysis`; the decoder maps
+        codes near 0 to points near it.
     var_ : ndarray of shape (n_features_in_,)
         Per-feature variance of the rows seen.
     n_samples_seen_ : int
         Number of rows seen.
+    noise_variance_ : ndarray of shape (n_features_in_,)
+        Variance of the decoder's Gaussian noise around the manifold,
+        ``beta_ / 2`` for every feature, as ``noise_variance_`` of
+        :class:`~sklearn.decomposition.FactorAnalysis`.
     module_ : skvae.nn.IsometricGaussianVAE
-        The trained torch module, with its latents in training order.
+        The trained torch module. Its latents are in :meth:`transform`'s
+        order (see ``components_order_``), so :mod:`skvae.diagnostics` and
+        the module's own methods agree with :meth:`transform` and
+        :meth:`inverse_transform`.
     net_ : skorch.NeuralNet
         The skorch net that trained it.
     history_ : skorch.History
@@ -339,15 +352,13 @@ class IsometricVAE(BaseLatentEstimator):
         one row.
         """
         importance = self._map_rows(_importance, X, np.float64).mean(0)
-        # A stable sort keeps tied latents in training order, so the order is
-        # reproducible.
-        self.components_order_ = np.argsort(-importance, kind="stable")
-        self.explained_variance_ = importance[self.components_order_]
-        if incremental and hasattr(self, "n_samples_seen_"):
-            seen = self.n_samples_seen_, self.mean_, self.var_
-        else:
-            seen = 0, 0.0, 0.0
-        self.n_samples_seen_, self.mean_, self.var_ = _updated_moments(X, *seen)
+        # A stable sort keeps tied latents in their previous order, so the
+        # order is reproducible.
+        rank = np.argsort(-importance, kind="stable")
+        self.module_.order_latents(rank)
+        self.components_order_ = self.module_.latent_order.cpu().numpy().copy()
+        self.explained_variance_ = importance[rank]
+        _accumulate_moments(self, X, incremental)
         n_seen = self.n_samples_seen_
         total_variance = float(np.sum(self.var_)) * n_seen / (n_seen - 1)
         self.explained_variance_ratio_ = (
@@ -356,53 +367,8 @@ class IsometricVAE(BaseLatentEstimator):
             else np.full(self.n_components, np.nan)
         )
         self.beta_ = 2 * float(self.module_.noise_variance)
+        self.noise_variance_ = np.full(self.n_features_in_, self.beta_ / 2)
         self.collapsed_ = self.explained_variance_ < COLLAPSE_RATIO * self.beta_ / 2
-
-    def transform(self, X):
-        """Encode X into the latent space, latents by decreasing importance.
-
-        Parameters
-        ----------
-        X : array-like or sparse matrix of shape (n_samples, n_features)
-            Data to encode.
-
-        Returns
-        -------
-        Z : ndarray of shape (n_samples, n_components)
-            Posterior means, column j the latent of importance
-            ``explained_variance_[j]``, in X's floating-point dtype.
-        """
-        check_is_fitted(self)
-        X = self._validate(X, reset=False)
-        order = self.components_order_
-
-        def encode(module, x):
-            return module.encode(x)[:, order]
-
-        return self._map_rows(encode, X, X.dtype)
-
-    def inverse_transform(self, X):
-        """Map codes back to the input space (the decoder's mean).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_components)
-            Codes, as returned by :meth:`transform` (latents by decreasing
-            importance).
-
-        Returns
-        -------
-        X_original : ndarray of shape (n_samples, n_features_in_)
-            Reconstructions, in the codes' floating-point dtype.
-        """
-        check_is_fitted(self)
-        Z = self._validate_codes(X)
-        training_order = np.argsort(self.components_order_)
-
-        def decode(module, z):
-            return module.decode(z[:, training_order])
-
-        return self._map_rows(decode, Z, Z.dtype)
 
     def score_samples(self, X):
         """Estimate of log p(x) for each row, in nats.
@@ -459,7 +425,7 @@ class IsometricVAE(BaseLatentEstimator):
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        active = self.components_order_[~self.collapsed_]
+        active = np.flatnonzero(~self.collapsed_)
 
         def measure(module, x):
             column_norms, max_cosine = module.isometry(x, active)
@@ -475,22 +441,3 @@ def _importance(module, x):
 
 def _isometric_log_prob(module, x):
     return module.isometric_log_prob(x)
-
-
-def _updated_moments(X, n_seen, mean, var):
-    """Count, mean and variance (ddof=0) per feature of ``n_seen`` earlier
-    rows with those moments, joined by X's rows.
-
-    The pairwise update of Chan, Golub and LeVeque, as IncrementalPCA's.
-    """
-    if sp.issparse(X):
-        X_mean, X_var = mean_variance_axis(X.astype(np.float64), axis=0)
-    else:
-        X_mean = X.mean(axis=0, dtype=np.float64)
-        X_var = X.var(axis=0, dtype=np.float64)
-    n_X = X.shape[0]
-    n_total = n_seen + n_X
-    delta = X_mean - mean
-    mean = mean + delta * (n_X / n_total)
-    var = (n_seen * var + n_X * X_var + delta**2 * (n_seen * n_X / n_total)) / n_total
-    return n_total, mean, var

@@ -620,22 +620,29 @@ def _attribute_specs(cls):
         "_score_seed": _Json(_seed),
     }
     non_negative = (lambda a: bool(np.all(a >= 0)), "non-negative")
+    moments = dict(
+        n_samples_seen_=_Json(_int_at_least(1)),
+        mean_=_Array(
+            "F64",
+            lambda a: bool(np.all(np.isfinite(a))),
+            "finite",
+            "n_features_in_",
+        ),
+        var_=_Array("F64", *non_negative, "n_features_in_"),
+        noise_variance_=_Array(
+            "F64", lambda a: bool(np.all(a > 0)), "positive", "n_features_in_"
+        ),
+    )
     if cls is VAETransformer:
         specs.update(
             latent_activity_=_Array("F64", *non_negative),
             collapsed_=_Array("BOOL", lambda a: True, "booleans"),
+            **moments,
         )
     if cls is IsometricVAE:
         specs.update(
             beta_=_Json(_positive_float),
-            n_samples_seen_=_Json(_int_at_least(1)),
-            mean_=_Array(
-                "F64",
-                lambda a: bool(np.all(np.isfinite(a))),
-                "finite",
-                "n_features_in_",
-            ),
-            var_=_Array("F64", *non_negative, "n_features_in_"),
+            **moments,
             components_order_=_Array(
                 "I64", _is_permutation, "a permutation of range(n_components)"
             ),
@@ -652,8 +659,9 @@ def _attribute_specs(cls):
     return specs
 
 
-# Saved only when fit saw string column names.
-_OPTIONAL_ATTRIBUTES = {"feature_names_in_"}
+# Saved only when fit saw string column names, and only when the decoder
+# has one variance per feature.
+_OPTIONAL_ATTRIBUTES = {"feature_names_in_", "noise_variance_"}
 
 
 def _restore_attributes(estimator, header, path):

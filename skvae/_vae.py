@@ -3,10 +3,18 @@
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import MAX_IMPORTANCE_SAMPLES, BaseLatentEstimator, _encode
+from ._base import (
+    MAX_IMPORTANCE_SAMPLES,
+    BaseLatentEstimator,
+    _accumulate_moments,
+    _encode,
+    _layer_widths,
+)
+from .inference import FittedModule
 from .nn.mlp import ACTIVATIONS
 from .nn.vae import GaussianVAE
 
@@ -153,6 +161,24 @@ class VAETransformer(BaseLatentEstimator):
         Whether each latent has collapsed: ``latent_activity_`` below 0.01.
         :meth:`fit` warns (:class:`~skvae.exceptions.PosteriorCollapseWarning`)
         when more than half the latents have.
+    mean_ : ndarray of shape (n_features_in_,)
+        Per-feature mean of the rows seen: those of the last :meth:`fit`,
+        then of every :meth:`partial_fit` call since, as in
+        :class:`~sklearn.decomposition.IncrementalPCA`. The data's mean, as
+        ``mean_`` of :class:`~sklearn.decomposition.PCA` and
+        :class:`~sklearn.decomposition.FactorAnalysis` (the network's
+        inputs are centred on the mean of the first rows it was trained on).
+    var_ : ndarray of shape (n_features_in_,)
+        Per-feature variance of the rows seen.
+    n_samples_seen_ : int
+        Number of rows seen.
+    noise_variance_ : ndarray of shape (n_features_in_,)
+        Variance of the Gaussian decoder's noise for each feature, as
+        ``noise_variance_`` of :class:`~sklearn.decomposition.FactorAnalysis`:
+        the learned values with ``decoder_variance="learned"``, the number
+        given otherwise. Only when the decoder has one variance per feature:
+        absent with ``decoder_variance="heteroscedastic"``, whose variance
+        depends on the code, and with ``likelihood="bernoulli"``.
     n_iter_ : int
         Number of epochs run.
     n_features_in_ : int
@@ -288,10 +314,20 @@ class VAETransformer(BaseLatentEstimator):
 
     def _after_training(self, X, incremental):
         """Measure each latent's activity on the training rows X (for
-        ``partial_fit``, on the latest chunk)."""
+        ``partial_fit``, on the latest chunk), the moments of the rows seen,
+        and the decoder's noise variance."""
         means = self._map_rows(_encode, X, np.float64)
         self.latent_activity_ = means.var(axis=0)
         self.collapsed_ = self.latent_activity_ < ACTIVITY_THRESHOLD
+        _accumulate_moments(self, X, incremental)
+        module = self.module_
+        if module.likelihood == "gaussian" and not module.heteroscedastic:
+            # As the float64 copy that scores float64 data computes it.
+            log_var = FittedModule(self, np.float64).module.decoder_log_var
+            self.noise_variance_ = torch.exp(log_var).detach().cpu().numpy()
+        else:
+            # Not left over from a fit with other parameters.
+            vars(self).pop("noise_variance_", None)
 
     def _check_data_domain(self, X):
         if self.likelihood != "bernoulli":
@@ -321,10 +357,3 @@ class VAETransformer(BaseLatentEstimator):
         check_is_fitted(self)
         X = self._validate(X, reset=False)
         return self._importance_weighted_scores(X)
-
-
-def _layer_widths(layers, name):
-    widths = tuple(np.ravel(layers))
-    if not all(isinstance(w, Integral) and w >= 1 for w in widths):
-        raise ValueError(f"{name} must hold positive integers, got {layers!r}.")
-    return tuple(int(w) for w in widths)

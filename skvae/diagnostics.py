@@ -1,30 +1,36 @@
 """Diagnostics of fitted latent-variable models: inference gaps, self-consistency,
-independent mechanism analysis and latent recovery.
+independent mechanism analysis, latent recovery and entropy.
 
 Each function takes a fitted skvae estimator (and data) and returns plain
 arrays or a :class:`~sklearn.utils.Bunch`. Functions that need the encoder's
 Gaussian posterior (:func:`amortization_gap`, :func:`self_consistency`) accept
 estimators whose ``module_`` is a :class:`~skvae.nn.GaussianVAE`;
 :func:`ima_contrast` and :func:`decoder_jacobian_spectrum` need only an
-encoder and a decoder, and :func:`mean_correlation_coefficient` only arrays.
+encoder and a decoder (every estimator, :class:`~skvae.INNAutoencoder`
+included), and :func:`mean_correlation_coefficient` and :func:`knn_entropy`
+only arrays.
 
-Decoder Jacobians are computed with ``torch.func`` on the estimator's device,
-in chunks of rows, and in float64 for float64 input.
+The fitted model is reached through :class:`skvae.inference.FittedModule`,
+as the estimators' own methods reach it: on the estimator's device, in
+float64 for float64 input, in chunks of rows sized by the measured cost of
+what runs on them. Decoder Jacobians are taken in reverse mode
+(:meth:`skvae.nn.LatentVariableModel.decoder_jacobian`).
 """
 
-import math
 from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.special import digamma, gammaln
+from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from torch.func import jacfwd, jacrev, vmap
 
 from ._base import _SEED_BOUND, FLOAT_DTYPES
+from .inference import FittedModule
 from .nn.gaussian import kl_to_standard_normal, standard_normal
 from .nn.vae import ENCODER_LOG_VAR_RANGE, GaussianVAE
 
@@ -32,6 +38,7 @@ __all__ = [
     "amortization_gap",
     "decoder_jacobian_spectrum",
     "ima_contrast",
+    "knn_entropy",
     "mean_correlation_coefficient",
     "self_consistency",
 ]
@@ -85,75 +92,49 @@ def _check_Z(est, Z):
     return Z
 
 
-def _widest(module, est):
-    """Largest layer width of ``module``, to size chunks of rows."""
-    widths = [est.n_features_in_, est.n_components]
-    widths += [m.out_features for m in module.modules() if hasattr(m, "out_features")]
-    return max(widths)
+def _encode(module, x):
+    return module.encode(x)
 
 
-def _row_chunks(n_rows, rows):
-    return [slice(start, start + rows) for start in range(0, n_rows, rows)]
+def _decode(module, z):
+    return module.decode(z)
 
 
-def _to_numpy(tensors, dtype):
-    return torch.cat(tensors).detach().cpu().numpy().astype(dtype, copy=False)
+def _posterior(module, x):
+    return module.posterior(x)
 
 
-def _decoder_jacobian(module, z, n_features):
-    """Jacobians of ``module.decode`` at the rows of ``z``, ``(n_rows, M, n)``."""
-
-    def decode_one(latent):
-        return module.decode(latent.unsqueeze(0)).squeeze(0)
-
-    # Forward mode costs one pass per input dimension, reverse mode one per
-    # output dimension: take the cheaper.
-    jacobian = jacfwd if z.shape[1] <= n_features else jacrev
-    return vmap(jacobian(decode_one))(z)
-
-
-def _map_jacobians(est, module, Z, reduce):
-    """Apply ``reduce(J, z)`` to chunks of the latents ``Z`` (an ndarray).
+def _map_jacobians(est, fitted, Z, reduce):
+    """``reduce(J, z)`` over chunks of the latents ``Z`` (an ndarray), with
+    ``J`` the decoder's Jacobian at each row of ``z``, for the estimator
+    ``est`` evaluated by ``fitted``.
 
     ``reduce`` returns a tuple of tensors with one row per latent; the result
-    holds one ndarray per tuple entry, in Z's dtype, with the chunks joined.
+    holds one ndarray per tuple entry, in Z's dtype.
     """
-    n, M = est.n_components, est.n_features_in_
-    # Forward-mode tangents of every hidden unit for each latent, plus J.
-    rows = est._rows_per_chunk(n * (_widest(module, est) + M))
-    outputs = []
-    for chunk in _row_chunks(len(Z), rows):
-        z = est._to_tensor(Z[chunk], dtype=Z.dtype)
-        # torch.func differentiates inside no_grad; the outer no_grad only
-        # keeps autograd from recording a graph back to the fitted weights.
-        with torch.no_grad():
-            outputs.append(reduce(_decoder_jacobian(module, z, M), z))
-    return [_to_numpy(parts, Z.dtype) for parts in zip(*outputs, strict=True)]
+    # torch.func hides the batch dimensions it adds from a measurement, so
+    # the cost is declared: reverse mode makes about n_features + 1 times
+    # what decoding makes (see LatentVariableModel.decoder_jacobian).
+    cost = (est.n_features_in_ + 1) * fitted.floats_per_row(_decode, Z)
 
+    def jacobians(module, z):
+        return reduce(module.decoder_jacobian(z), z)
 
-def _encoded(est, module, X):
-    rows = est._rows_per_chunk(_widest(module, est))
-    with torch.no_grad():
-        return _to_numpy(
-            [
-                module.encode(est._to_tensor(X[chunk], dtype=X.dtype))
-                for chunk in _row_chunks(len(X), rows)
-            ],
-            X.dtype,
-        )
+    return fitted.map_rows(jacobians, Z, floats_per_row=cost, check_finite=False)
 
 
 def _latents(est, X, Z, function):
-    """The latents at which to evaluate the decoder: mu(X), or Z itself."""
-    module = _fitted_module(est, function)
+    """The latents at which to evaluate the decoder, mu(X) or Z itself, and
+    the fitted module in their dtype."""
+    _fitted_module(est, function)
     if (X is None) == (Z is None):
         raise ValueError(f"{function} needs exactly one of X (data) or Z (latents).")
     if X is not None:
         X = _check_X(est, X)
-        module = est._inference_module(X.dtype)
-        return _encoded(est, module, X), module
+        fitted = FittedModule(est, X.dtype)
+        return fitted.map_rows(_encode, X), fitted
     Z = _check_Z(est, Z)
-    return Z, est._inference_module(Z.dtype)
+    return Z, FittedModule(est, Z.dtype)
 
 
 # -- decoder geometry ----------------------------------------------------------
@@ -222,7 +203,7 @@ def ima_contrast(est, X=None, *, Z=None):
     >>> result.local_contrast.shape, bool(result.global_contrast >= 0)
     ((100,), True)
     """
-    latents, module = _latents(est, X, Z, "ima_contrast")
+    latents, fitted = _latents(est, X, Z, "ima_contrast")
 
     def contrast(J, z):
         norms = torch.linalg.vector_norm(J, dim=1)
@@ -235,7 +216,7 @@ def ima_contrast(est, X=None, *, Z=None):
         local = -torch.log(r_diag.abs()).sum(-1)
         return (torch.where((norms > 0).all(-1), local, torch.inf),)
 
-    (local,) = _map_jacobians(est, module, latents, contrast)
+    (local,) = _map_jacobians(est, fitted, latents, contrast)
     return Bunch(
         local_contrast=local,
         global_contrast=float(np.mean(local)),
@@ -296,12 +277,12 @@ def decoder_jacobian_spectrum(est, X=None, *, Z=None):
     >>> spectrum.singular_values.shape, spectrum.condition_number.shape
     ((100, 2), (100,))
     """
-    latents, module = _latents(est, X, Z, "decoder_jacobian_spectrum")
+    latents, fitted = _latents(est, X, Z, "decoder_jacobian_spectrum")
 
     def spectrum(J, z):
         return (torch.linalg.svdvals(J),)
 
-    (values,) = _map_jacobians(est, module, latents, spectrum)
+    (values,) = _map_jacobians(est, fitted, latents, spectrum)
     smallest, largest = values[:, -1], values[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         condition = np.where(smallest > 0, largest / smallest, np.inf)
@@ -397,19 +378,18 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
     )
     if X is not None:
         X = _check_X(est, X)
-        module = est._inference_module(X.dtype)
-        mean, log_var = _posterior(est, module, X)
+        fitted = FittedModule(est, X.dtype)
+        mean, log_var = fitted.map_rows(_posterior, X)
 
         def reconstruction_and_optimal_variance(J, z):
             # f(mu(x)) from the same chunk of latents the Jacobian is taken at.
-            with torch.no_grad():
-                reconstruction, log_var = module.decoder_mean_and_log_var(z)
+            reconstruction, log_var = fitted.module.decoder_mean_and_log_var(z)
             precision = torch.exp(-log_var).expand_as(reconstruction).unsqueeze(-1)
             squared_norms = (J.square() * precision).sum(1)
             return reconstruction, 1.0 / (1.0 + squared_norms)
 
         reconstruction, optimal = _map_jacobians(
-            est, module, mean, reconstruction_and_optimal_variance
+            est, fitted, mean, reconstruction_and_optimal_variance
         )
         result.reconstruction_error = np.sum((X - reconstruction) ** 2, axis=1)
         result.encoder_variance = np.exp(log_var)
@@ -420,32 +400,22 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
     if module.prior.shape == 2.0:
         Z = rng.standard_normal((n_samples, est.n_components))
     else:
-        generator = est._generator(int(rng.randint(_SEED_BOUND)))
+        generator = _generator(int(rng.randint(_SEED_BOUND)))
         like = torch.empty(0, dtype=torch.float64)
         Z = module.prior.sample((n_samples, est.n_components), generator, like)
         Z = Z.numpy()
-    module = est._inference_module(Z.dtype)
-    rows = est._rows_per_chunk(_widest(module, est))
-    with torch.no_grad():
-        Z_again = _to_numpy(
-            [
-                module.encode(module.decode(est._to_tensor(Z[chunk], dtype=Z.dtype)))
-                for chunk in _row_chunks(n_samples, rows)
-            ],
-            Z.dtype,
-        )
+    Z_again = FittedModule(est, Z.dtype).map_rows(_encode_decoded, Z)
     result.latent_error = np.sum((Z - Z_again) ** 2, axis=1)
     return result
 
 
-def _posterior(est, module, X):
-    rows = est._rows_per_chunk(_widest(module, est))
-    with torch.no_grad():
-        parts = [
-            module.posterior(est._to_tensor(X[chunk], dtype=X.dtype))
-            for chunk in _row_chunks(len(X), rows)
-        ]
-    return tuple(_to_numpy(p, X.dtype) for p in zip(*parts, strict=True))
+def _encode_decoded(module, z):
+    return module.encode(module.decode(z))
+
+
+def _generator(seed):
+    # On the CPU whatever the device: see skvae.nn.gaussian.standard_normal.
+    return torch.Generator().manual_seed(seed)
 
 
 # -- inference gaps ------------------------------------------------------------
@@ -560,22 +530,6 @@ def _elbos(module, x, posteriors, generator, n_samples):
     ]
     diff_var = (diff_sq / n_samples - (diff_sum / n_samples).square()).clamp(min=0)
     return elbos, torch.sqrt(diff_var / n_samples)
-
-
-def _iwae(module, x, mean, log_var, generator, n_samples):
-    """IWAE estimate of log p(x) with proposal N(mean, diag exp(log_var))."""
-    scale = torch.exp(0.5 * log_var)
-    blocks = []
-    for start in range(0, n_samples, _SAMPLE_BLOCK):
-        size = min(_SAMPLE_BLOCK, n_samples - start)
-        eps = standard_normal((size, 1, mean.shape[1]), generator, like=x)
-        z = mean + scale * eps
-        # log q(z|x) written with eps, as in GaussianVAE.importance_log_weights.
-        log_q = -0.5 * (eps.square() + math.log(2 * math.pi) + log_var).sum(-1)
-        log_prior = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
-        log_w = module.log_likelihood(x, z) + log_prior - log_q
-        blocks.append(torch.logsumexp(log_w, dim=0))
-    return torch.logsumexp(torch.stack(blocks), dim=0) - math.log(n_samples)
 
 
 @validate_params(
@@ -694,7 +648,7 @@ def amortization_gap(
             f"prior_shape={module.prior.shape:g}."
         )
     X = _check_X(est, X)
-    module = est._inference_module(X.dtype)
+    fitted = FittedModule(est, X.dtype)
     options = dict(
         n_mc_samples=n_mc_samples,
         learning_rate=learning_rate,
@@ -704,33 +658,36 @@ def amortization_gap(
     )
     rng = check_random_state(random_state)
     seeds = [int(seed) for seed in rng.randint(_SEED_BOUND, size=3)]
-    # Draws are taken _SAMPLE_BLOCK at a time, or n_mc_samples per step.
+    # Draws are taken _SAMPLE_BLOCK at a time, or n_mc_samples per step, for
+    # two posteriors at once or with their gradients: twice the cost of one
+    # block of importance weights.
     block = max(n_mc_samples, _SAMPLE_BLOCK)
-    rows = est._rows_per_chunk(block * _widest(module, est))
-    outputs = []
-    for chunk in _row_chunks(len(X), rows):
-        x = est._to_tensor(X[chunk], dtype=X.dtype)
-        with torch.no_grad():
-            encoder_q = module.posterior(x)
+    cost = 2 * fitted.floats_per_row(
+        lambda module, x: module.importance_log_weights(x, _generator(0), block), X
+    )
+
+    def gaps(module, x):
+        encoder_q = module.posterior(x)
         # Every chunk re-seeds its generators, so rows in different chunks
         # see the same draws and a row's results depend on that row alone.
-        *best_q, n_iter = _optimise_gaussian(
-            module, x, *encoder_q, est._generator(seeds[0]), options
+        with torch.enable_grad():
+            *best_q, n_iter = _optimise_gaussian(
+                module, x, *encoder_q, _generator(seeds[0]), options
+            )
+        (elbo, elbo_best), stderr = _elbos(
+            module, x, [encoder_q, best_q], _generator(seeds[1]), n_elbo_samples
         )
-        with torch.no_grad():
-            (elbo, elbo_best), stderr = _elbos(
-                module,
-                x,
-                [encoder_q, best_q],
-                est._generator(seeds[1]),
-                n_elbo_samples,
-            )
-            log_p = _iwae(
-                module, x, *best_q, est._generator(seeds[2]), n_importance_samples
-            )
-        outputs.append((elbo, elbo_best, log_p, stderr, *best_q, n_iter))
-    elbo, elbo_best, log_p, stderr, mean, log_var, n_iter = (
-        _to_numpy(parts, X.dtype) for parts in zip(*outputs, strict=True)
+        log_p = module.log_prob(
+            x,
+            _generator(seeds[2]),
+            n_importance_samples,
+            samples_per_pass=_SAMPLE_BLOCK,
+            proposal=best_q,
+        )
+        return elbo, elbo_best, log_p, stderr, *best_q, n_iter
+
+    elbo, elbo_best, log_p, stderr, mean, log_var, n_iter = fitted.map_rows(
+        gaps, X, floats_per_row=cost, check_finite=False
     )
     return Bunch(
         elbo=elbo,
@@ -804,4 +761,75 @@ def mean_correlation_coefficient(S, Z):
         score=float(np.abs(correlation[rows, cols]).mean()),
         matching=np.column_stack([rows, cols]),
         correlation=correlation,
+    )
+
+
+# -- entropy -------------------------------------------------------------------
+
+
+@validate_params(
+    {
+        "X": ["array-like"],
+        "n_neighbors": _POSITIVE_INT,
+    },
+    prefer_skip_nested_validation=True,
+)
+def knn_entropy(X, n_neighbors=3):
+    """Kozachenko-Leonenko estimate of the differential entropy of X's rows.
+
+    ``H = psi(n) - psi(k) + log V_d + (d / n) sum_i log r_i``, with ``r_i``
+    the distance from row i to its k-th nearest neighbour and ``V_d`` the
+    volume of the unit ball in d dimensions.
+    :meth:`~skvae.INNAutoencoder.information_profile` estimates the entropy
+    of the data and of the code with it.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Samples of a continuous distribution: more than ``n_neighbors``
+        rows, none repeated.
+    n_neighbors : int, default=3
+        The k of the estimator.
+
+    Returns
+    -------
+    entropy : float
+        Estimated entropy in nats.
+
+    References
+    ----------
+    .. [1] L. F. Kozachenko and N. N. Leonenko, "Sample Estimate of the
+       Entropy of a Random Vector", Problems of Information Transmission,
+       1987.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvae.diagnostics import knn_entropy
+    >>> X = np.random.default_rng(0).normal(size=(2000, 2))
+    >>> exact = np.log(2 * np.pi * np.e)  # of N(0, I) in two dimensions
+    >>> bool(abs(knn_entropy(X) - exact) < 0.1)
+    True
+    """
+    X = check_array(X, dtype=FLOAT_DTYPES)
+    n_samples, n_features = X.shape
+    if n_samples <= n_neighbors:
+        raise ValueError(
+            f"The entropy estimate needs more than n_neighbors={n_neighbors} "
+            f"rows, got {n_samples}."
+        )
+    # kneighbors() without X leaves each row out of its own neighbours.
+    distances, _ = NearestNeighbors(n_neighbors=n_neighbors).fit(X).kneighbors()
+    if np.any(distances[:, 0] == 0):
+        raise ValueError(
+            "X has repeated rows, which have no continuous density: "
+            "dequantize discrete data (add uniform noise) before estimating "
+            "entropies."
+        )
+    log_unit_ball = n_features / 2 * np.log(np.pi) - gammaln(n_features / 2 + 1)
+    return float(
+        digamma(n_samples)
+        - digamma(n_neighbors)
+        + log_unit_ball
+        + n_features * np.mean(np.log(distances[:, -1]))
     )

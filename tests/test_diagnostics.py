@@ -2,6 +2,9 @@
 
 import copy
 import itertools
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -10,12 +13,13 @@ import torch
 from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
-from skvae import VAETransformer
+from skvae import INNAutoencoder, VAETransformer
 from skvae.datasets import make_latent_gaussian
 from skvae.diagnostics import (
     amortization_gap,
     decoder_jacobian_spectrum,
     ima_contrast,
+    knn_entropy,
     mean_correlation_coefficient,
     self_consistency,
 )
@@ -130,7 +134,12 @@ def test_ima_contrast_of_linear_decoder_is_minus_log_sine_of_column_angle(
 def test_ima_contrast_of_three_columns_matches_gram_determinant():
     rng = np.random.default_rng(2)
     est = VAETransformer(
-        3, encoder_layers=(), decoder_layers=(), max_iter=1, random_state=0
+        3,
+        encoder_layers=(),
+        decoder_layers=(),
+        decoder_variance="learned",
+        max_iter=1,
+        random_state=0,
     )
     est = quiet_fit(est, rng.normal(size=(10, 5)))
     W = est.module_.decoder[0].weight.detach().double().numpy()
@@ -213,6 +222,48 @@ def test_jacobian_functions_need_only_encode_and_decode(linear_template):
             function(est, X)
 
 
+def test_jacobian_functions_work_for_the_invertible_autoencoder():
+    X = np.random.default_rng(0).normal(size=(40, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        inn = INNAutoencoder(
+            2, n_blocks=2, subnet_layers=(8,), max_iter=2, random_state=0
+        ).fit(X)
+    module = copy.deepcopy(inn.module_).double()
+    latents = inn.transform(X[:5])
+    expected = []
+    for z in latents:
+        J = torch.autograd.functional.jacobian(
+            lambda v: module.decode(v[None])[0], torch.from_numpy(z)
+        ).numpy()
+        expected.append(np.linalg.svd(J, compute_uv=False))
+    spectrum = decoder_jacobian_spectrum(inn, X[:5])
+    np.testing.assert_allclose(spectrum.singular_values, expected, rtol=1e-9)
+    np.testing.assert_allclose(spectrum.latents, latents)
+    assert np.isfinite(ima_contrast(inn, Z=latents).local_contrast).all()
+
+
+def test_jacobians_raise_no_deprecation_warning():
+    # Forward mode scripts decompositions with the deprecated torch.jit.script
+    # on its first use in a process, hence a fresh one.
+    script = """
+import numpy as np
+from skvae import INNAutoencoder, VAETransformer
+from skvae.diagnostics import ima_contrast
+X = np.random.default_rng(0).normal(size=(20, 4))
+vae = VAETransformer(2, encoder_layers=(4,), max_iter=1).fit(X)
+ima_contrast(vae, X)
+"""
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore::UserWarning"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 # -- mean correlation coefficient --------------------------------------------------
 
 
@@ -250,6 +301,18 @@ def test_mcc_rejects_bad_input():
         mean_correlation_coefficient(S, S[:5])
     with pytest.raises(ValueError, match="Column 1 of Z is constant"):
         mean_correlation_coefficient(S, np.c_[S[:, 0], np.ones(10)])
+
+
+def test_knn_entropy_matches_the_gaussian_closed_form():
+    rng = np.random.default_rng(0)
+    cov = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    X = rng.multivariate_normal(np.zeros(3), cov, size=4000)
+    exact = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * cov)[1]
+    assert knn_entropy(X) == pytest.approx(exact, abs=0.05)
+    with pytest.raises(ValueError, match="repeated rows"):
+        knn_entropy(np.vstack([X[:10], X[:10]]))
+    with pytest.raises(ValueError, match="more than n_neighbors=3"):
+        knn_entropy(X[:3])
 
 
 # -- optimal encoder variance and self-consistency --------------------------------

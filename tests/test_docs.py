@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC_MODULES = ["skvae", "skvae.datasets", "skvae.nn", "skvae.diagnostics"]
+PUBLIC_MODULES = [
+    "skvae",
+    "skvae.datasets",
+    "skvae.nn",
+    "skvae.diagnostics",
+    "skvae.inference",
+]
 
 
 def _documented_names():

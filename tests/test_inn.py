@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skvae import INNAutoencoder
-from skvae._inn import knn_entropy
+from skvae.diagnostics import knn_entropy
 
 SMALL = dict(n_blocks=3, subnet_layers=(16,), batch_size=64, random_state=0)
 
@@ -84,16 +84,6 @@ def test_samples_and_reconstructions_have_the_data_shape():
     assert inn.sample(7).shape == (7, 2)
     np.testing.assert_array_equal(inn.sample(7), inn.sample(7))
     assert inn.inverse_transform(inn.transform(X)).shape == X.shape
-
-
-def test_knn_entropy_matches_the_gaussian_closed_form():
-    rng = np.random.default_rng(0)
-    cov = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.5]])
-    X = rng.multivariate_normal(np.zeros(3), cov, size=4000)
-    exact = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * cov)[1]
-    assert knn_entropy(X) == pytest.approx(exact, abs=0.05)
-    with pytest.raises(ValueError, match="repeated rows"):
-        knn_entropy(np.vstack([X[:10], X[:10]]))
 
 
 def test_information_profile_is_flat_for_a_volume_preserving_network():

@@ -27,8 +27,13 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from skvae import IsometricVAE
-from skvae._isometric import _updated_moments
-from skvae.datasets import make_known_density
+from skvae._base import _updated_moments
+from skvae.datasets import make_known_density, make_latent_gaussian
+from skvae.diagnostics import (
+    decoder_jacobian_spectrum,
+    ima_contrast,
+    self_consistency,
+)
 from skvae.nn import IsometricGaussianVAE
 from skvae.nn.gaussian import kl_to_standard_normal
 
@@ -365,11 +370,20 @@ def test_transform_orders_latents_by_importance_consistently(linear_fit):
     vae, _, X_test = linear_fit
     assert np.all(np.diff(vae.explained_variance_) <= 0)
     assert sorted(vae.components_order_) == [0, 1, 2]
+    np.testing.assert_array_equal(
+        vae.components_order_, vae.module_.latent_order.numpy()
+    )
     Z = vae.transform(X_test)
     with torch.no_grad():
-        codes = vae.module_.encode(torch.tensor(X_test, dtype=torch.float32))
+        x = torch.tensor(X_test, dtype=torch.float32)
+        codes = vae.module_.encode(x)
         decoded = vae.module_.decode(codes).numpy()
-    np.testing.assert_allclose(Z, codes.numpy()[:, vae.components_order_], atol=1e-4)
+        # The networks keep their training order; the buffer maps it.
+        network = vae.module_.encoder(
+            (x - vae.module_.data_shift) / vae.module_.data_scale
+        )
+    np.testing.assert_allclose(Z, codes.numpy(), atol=1e-4)
+    np.testing.assert_allclose(Z, network[:, vae.components_order_].numpy(), atol=1e-4)
     np.testing.assert_allclose(vae.inverse_transform(Z), decoded, atol=1e-4)
     # Column j of transform carries the variance explained_variance_ ranks:
     # the code variance of a latent is 1 - sigma_j^2 = 1 - (beta/2) / I_j.
@@ -390,6 +404,71 @@ def test_iwae_estimate_agrees_and_is_row_independent(linear_fit):
     # At the linear optimum both estimate the exact marginal.
     assert abs(full.mean() - isometric.mean()) < 0.05
     assert not np.array_equal(full, isometric)
+
+
+@pytest.fixture(scope="module")
+def reordered_fit():
+    """A small fit whose importance order is not the training order."""
+    X, _ = make_latent_gaussian(300, n_components=3, n_features=6, random_state=0)
+    vae = IsometricVAE(3, encoder_layers=(16,), max_iter=5, random_state=0)
+    vae = fit_quiet(vae, X)
+    assert not np.array_equal(vae.components_order_, np.arange(3))
+    return vae, X
+
+
+def test_diagnostics_see_the_latents_of_transform(reordered_fit):
+    vae, X = reordered_fit
+    Z = vae.transform(X)
+    from_data = ima_contrast(vae, X)
+    from_codes = ima_contrast(vae, Z=Z)
+    np.testing.assert_array_equal(from_data.latents, Z)
+    np.testing.assert_allclose(
+        from_codes.local_contrast, from_data.local_contrast, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        decoder_jacobian_spectrum(vae, Z=Z).singular_values,
+        decoder_jacobian_spectrum(vae, X).singular_values,
+        rtol=1e-12,
+    )
+    consistency = self_consistency(vae, X, n_samples=20, random_state=0)
+    np.testing.assert_allclose(
+        consistency.reconstruction_error,
+        np.sum((X - vae.inverse_transform(Z)) ** 2, axis=1),
+        rtol=1e-12,
+    )
+    # Column j of the encoder's variances is latent j of transform.
+    np.testing.assert_allclose(
+        vae.beta_ / 2 * (1 / consistency.encoder_variance).mean(0),
+        vae.explained_variance_,
+        rtol=1e-6,
+    )
+
+
+def test_reordering_on_warm_start_keeps_every_view_consistent(reordered_fit):
+    vae, X = reordered_fit
+    vae = pickle.loads(pickle.dumps(vae))
+    before = vae.transform(X)
+    order_before = vae.components_order_.copy()
+    # A stand-in for a warm-started run that changes the ranking: the
+    # module reorders, and the fitted attributes follow its buffer.
+    vae.module_.order_latents([2, 0, 1])
+    vae._after_training(X, incremental=False)
+    assert np.all(np.diff(vae.explained_variance_) <= 0)
+    np.testing.assert_array_equal(vae.components_order_, order_before)
+    np.testing.assert_allclose(vae.transform(X), before, rtol=1e-12)
+    np.testing.assert_allclose(
+        vae.inverse_transform(before), vae.inverse_transform(vae.transform(X))
+    )
+    with pytest.raises(ValueError, match="permutation"):
+        vae.module_.order_latents([0, 0, 1])
+
+
+def test_generative_parameters_as_factor_analysis(reordered_fit):
+    vae, X = reordered_fit
+    np.testing.assert_allclose(vae.mean_, X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(vae.noise_variance_, np.full(6, vae.beta_ / 2))
+    fixed = fit_quiet(IsometricVAE(2, beta=0.01, encoder_layers=(4,), max_iter=1), X)
+    np.testing.assert_allclose(fixed.noise_variance_, np.full(6, 0.005))
 
 
 def test_constant_data_has_no_variance_to_explain():

@@ -89,6 +89,36 @@ def test_iwae_tightens_towards_the_exact_log_likelihood():
     assert exact - bounds[2] < 0.25 * (exact - bounds[0])
 
 
+def test_iwae_with_another_proposal_in_blocks_of_draws():
+    vae, marginal = _linear_vae_with_exact_posterior()
+    x = torch.from_numpy(marginal.rvs(size=20, random_state=3))
+    with torch.no_grad():
+        exact_q = vae.posterior(x)
+        # The encoder, made poor: a proposal given instead of it restores
+        # the exact weights.
+        vae.encoder[0].bias[:2] += 0.5
+        poor = vae.log_prob(x, torch.Generator().manual_seed(0), n_samples=1)
+        log_p = vae.log_prob(
+            x, torch.Generator().manual_seed(0), n_samples=1, proposal=exact_q
+        )
+    np.testing.assert_allclose(log_p.numpy(), marginal.logpdf(x.numpy()), rtol=1e-10)
+    assert (poor < log_p - 1e-3).all()
+    # In passes: the log-sum-exp of the draws of one pass for all K.
+    weights = vae.importance_log_weights(
+        x, torch.Generator().manual_seed(1), 40, proposal=exact_q
+    )
+    in_passes = vae.log_prob(
+        x,
+        torch.Generator().manual_seed(1),
+        n_samples=40,
+        samples_per_pass=16,
+        proposal=exact_q,
+    )
+    torch.testing.assert_close(
+        in_passes, torch.logsumexp(weights, 0) - np.log(40), rtol=1e-12, atol=0
+    )
+
+
 def test_samples_follow_the_linear_gaussian_marginal():
     vae, marginal = _linear_vae_with_exact_posterior()
     x = vae.sample(20000, torch.Generator().manual_seed(0)).detach().numpy()

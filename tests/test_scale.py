@@ -119,9 +119,9 @@ def test_importance_samples_beyond_the_budget_are_drawn_in_passes(monkeypatch):
     draws = []
     importance_log_weights = GaussianVAE.importance_log_weights
 
-    def spy(module, x, generator, n_samples):
+    def spy(module, x, generator, n_samples, proposal=None):
         draws.append((len(x), n_samples))
-        return importance_log_weights(module, x, generator, n_samples)
+        return importance_log_weights(module, x, generator, n_samples, proposal)
 
     monkeypatch.setattr(GaussianVAE, "importance_log_weights", spy)
     one_pass = est.score_samples(X)

@@ -361,3 +361,36 @@ def test_verbose_shows_a_progress_bar(digits, capsys):
 def test_bad_layer_widths():
     with pytest.raises(ValueError, match="encoder_layers must hold positive"):
         VAETransformer(encoder_layers=(8, 0)).fit(np.ones((4, 2)))
+
+
+def test_generative_parameters_as_factor_analysis(digits):
+    X = ppca_data(200)
+    quiet = dict(encoder_layers=(8,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        learned = VAETransformer(decoder_variance="learned", **quiet).fit(X)
+        fixed = VAETransformer(decoder_variance=0.3, **quiet).fit(X)
+        chunked = VAETransformer(decoder_variance=0.3, **quiet)
+        for chunk in np.array_split(X, 3):
+            chunked.partial_fit(chunk)
+    for vae in (learned, fixed, chunked):
+        np.testing.assert_allclose(vae.mean_, X.mean(0), rtol=1e-12)
+        assert vae.mean_.shape == vae.noise_variance_.shape == (8,)
+    np.testing.assert_allclose(chunked.var_, X.var(0), rtol=1e-12)
+    np.testing.assert_allclose(fixed.noise_variance_, 0.3, rtol=1e-12)
+    # The variance the density uses: log p(x|z) of the float64 model.
+    module = pickle.loads(pickle.dumps(learned.module_)).double()
+    np.testing.assert_allclose(
+        learned.noise_variance_,
+        torch.exp(module.decoder_log_var).detach().numpy(),
+        rtol=1e-12,
+    )
+    assert np.ptp(learned.noise_variance_) > 0
+    # No single variance per feature: no attribute, none left from before.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        learned.set_params(decoder_variance="heteroscedastic").fit(X)
+        bernoulli = VAETransformer(likelihood="bernoulli", **quiet).fit(digits)
+    assert not hasattr(learned, "noise_variance_")
+    assert not hasattr(bernoulli, "noise_variance_")
+    np.testing.assert_allclose(learned.mean_, X.mean(0), rtol=1e-12)

@@ -1,6 +1,7 @@
 """The contract between a torch latent-variable model and the estimators."""
 
 from torch import nn
+from torch.func import jacrev, vmap
 
 from .mlp import MLP
 
@@ -89,6 +90,23 @@ class LatentVariableModel(nn.Module):
     def sample(self, n_samples, generator):
         """Draws from the model, shape ``(n_samples, n_features)``."""
         raise NotImplementedError
+
+    def decoder_jacobian(self, z):
+        """Jacobian of :meth:`decode` at each code, ``(n_rows, n_features, n)``.
+
+        Reverse mode, one backward pass per output feature (vectorised with
+        ``torch.func.vmap``), for any model whose ``decode`` treats rows
+        independently. Forward mode would take fewer passes when
+        ``n < n_features``, but its first use in a process scripts
+        decompositions with the deprecated ``torch.jit.script``, which costs
+        seconds and raises warnings. Memory: about ``n_features + 1`` times
+        what :meth:`decode` makes for the same rows.
+        """
+
+        def decode_one(code):
+            return self.decode(code.unsqueeze(0)).squeeze(0)
+
+        return vmap(jacrev(decode_one))(z)
 
 
 def build_network(

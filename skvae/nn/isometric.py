@@ -55,6 +55,13 @@ class IsometricGaussianVAE(GaussianVAE):
         ``beta / 2``, the decoder's variance, a float64 buffer. (``self.beta``,
         inherited, is the KL weight of the equivalent Gaussian ELBO, which
         is 1.)
+    latent_order : torch.Tensor of shape (n_components,)
+        A fixed permutation, an int64 buffer: latent ``j`` of every method
+        (:meth:`encode`, :meth:`decode`, :meth:`posterior`,
+        :meth:`importance`...) is output ``latent_order[j]`` of the encoder
+        network and input ``latent_order[j]`` of the decoder network. The
+        identity until :meth:`order_latents` ranks the latents; the prior
+        is exchangeable, so the order changes no density nor loss.
 
     Examples
     --------
@@ -101,6 +108,7 @@ class IsometricGaussianVAE(GaussianVAE):
             "noise_variance",
             torch.tensor(1.0 if beta is None else beta / 2, dtype=torch.float64),
         )
+        self.register_buffer("latent_order", torch.arange(n_components))
 
     def _apply(self, fn, recurse=True):
         # Keep the noise variance in float64 through dtype moves.
@@ -124,6 +132,33 @@ class IsometricGaussianVAE(GaussianVAE):
         floor = INITIAL_VARIANCE_FLOOR * self.data_scale.to(torch.float64) ** 2
         with torch.no_grad():
             self.noise_variance.copy_((residual.sum() / n_discarded).clamp_min(floor))
+
+    def order_latents(self, order):
+        """Make the current latent ``order[j]`` latent ``j`` from now on.
+
+        Parameters
+        ----------
+        order : sequence of int
+            A permutation of ``range(n_components)``, in the current order.
+        """
+        order = torch.as_tensor(order, dtype=torch.int64).cpu()
+        if not torch.equal(order.sort().values, torch.arange(self.n_components)):
+            raise ValueError(
+                f"order must be a permutation of range({self.n_components}), "
+                f"got {order.tolist()}."
+            )
+        with torch.no_grad():
+            self.latent_order.copy_(
+                self.latent_order[order.to(self.latent_order.device)]
+            )
+
+    def posterior(self, x):
+        """Mean and log-variance of q(z|x), latents in ``latent_order``."""
+        mean, log_var = super().posterior(x)
+        return mean[..., self.latent_order], log_var[..., self.latent_order]
+
+    def _decoder_output(self, z):
+        return super()._decoder_output(z[..., torch.argsort(self.latent_order)])
 
     @property
     def decoder_log_var(self):

@@ -5,7 +5,6 @@ import math
 
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
 
 from .base import LatentVariableModel, build_network
 from .gaussian import (
@@ -261,34 +260,42 @@ class GaussianVAE(LatentVariableModel):
             return torch.sigmoid(self._logits(z))
         return self.decoder_mean_and_log_var(z)[0]
 
-    def decoder_jacobian(self, z):
-        """Jacobian of the decoder mean at each code, shape ``(n_rows, M, n)``.
+    def importance_log_weights(self, x, generator, n_samples, proposal=None):
+        """log p(x, z_k) - log q(z_k|x) for K draws z_k ~ q, shape ``(K, n_rows)``.
 
-        Reverse mode: forward mode would take fewer passes when n < M, but its
-        first use in a process scripts decompositions with the deprecated
-        ``torch.jit.script``, which costs seconds and raises warnings.
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n_rows, n_features)
+            Data.
+        generator : torch.Generator
+            Source of the K standard-normal draws, shared by every row
+            (common random numbers), so each row's weights depend on that
+            row alone.
+        n_samples : int
+            K.
+        proposal : tuple of torch.Tensor, default=None
+            Mean and log-variance, each ``(n_rows, n_components)``, of the
+            diagonal Gaussian q to draw from; None is the encoder's
+            posterior q(z|x).
+
+        Returns
+        -------
+        log_weights : torch.Tensor of shape (n_samples, n_rows)
         """
-
-        def decode_one(code):
-            return self.decode(code.unsqueeze(0)).squeeze(0)
-
-        return vmap(jacrev(decode_one))(z)
-
-    def importance_log_weights(self, x, generator, n_samples):
-        """log p(x, z_k) - log q(z_k|x) for K draws, shape ``(K, n_rows)``.
-
-        The K standard-normal draws are shared by every row (common random
-        numbers), so each row's weights depend on that row alone.
-        """
-        mean, log_var = self.posterior(x)
+        mean, log_var = self.posterior(x) if proposal is None else proposal
         eps = standard_normal((n_samples, 1, self.n_components), generator, like=mean)
         z = mean + torch.exp(0.5 * log_var) * eps
         # log q(z|x) written with eps avoids cancelling (z - mean) / sigma.
         log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1)
         return self.log_likelihood(x, z) + self.prior.log_prob(z) - log_q
 
-    def log_prob(self, x, generator, n_samples=100, samples_per_pass=None):
+    def log_prob(
+        self, x, generator, n_samples=100, samples_per_pass=None, proposal=None
+    ):
         """Importance-weighted (IWAE) estimate of log p(x) with K draws.
+
+        The draws come from ``proposal``, as in
+        :meth:`importance_log_weights`: the encoder's posterior by default.
 
         ``samples_per_pass`` bounds the draws evaluated at once, and with
         them the memory, whatever K: each pass draws its share from
@@ -303,7 +310,9 @@ class GaussianVAE(LatentVariableModel):
         if samples_per_pass is not None:
             per_pass = max(step, samples_per_pass // step * step)
         if per_pass >= n_samples:
-            log_w = self.importance_log_weights(x, generator, n_samples)
+            log_w = self.importance_log_weights(
+                x, generator, n_samples, proposal=proposal
+            )
             return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
         starts = list(range(0, n_samples, per_pass))
         # A last pass of fewer than 16 numbers would draw them another way.
@@ -312,7 +321,10 @@ class GaussianVAE(LatentVariableModel):
         total = None
         for start, stop in itertools.pairwise([*starts, n_samples]):
             part = torch.logsumexp(
-                self.importance_log_weights(x, generator, stop - start), dim=0
+                self.importance_log_weights(
+                    x, generator, stop - start, proposal=proposal
+                ),
+                dim=0,
             )
             total = part if total is None else torch.logaddexp(total, part)
         return total - math.log(n_samples)
