@@ -203,12 +203,17 @@ def fuzz(examples):
     for cls in module.SMALL:
         skvae.save(module._fit(cls, X), folder / cls.__name__)
         saved[cls] = (folder / cls.__name__).read_bytes()
+    # A model with networks given as code, loaded with a template.
+    images = np.random.default_rng(1).random(size=(60, 16))
+    est = module._fit(skvae.VAETransformer, images, **module._small_conv())
+    skvae.save(est, folder / "networks")
+    with_networks = {"networks": (folder / "networks").read_bytes()}
     load = skvae.load
     skvae.load(folder / "VAETransformer")
     figures = []
 
-    def measured_load(path):
-        seconds, peak, estimator, error = _measure(lambda: load(path))
+    def measured_load(path, **kwargs):
+        seconds, peak, estimator, error = _measure(lambda: load(path, **kwargs))
         figures.append((seconds, peak, error is None))
         if error is not None:
             raise error
@@ -219,7 +224,9 @@ def fuzz(examples):
     longer = settings(module.FUZZ, max_examples=examples)(
         given(data=st.data())(test.hypothesis.inner_test)
     )
-    longer(saved=saved, X=X, tmp_path=folder)
+    longer(
+        saved=saved, with_networks=with_networks, X=X, images=images, tmp_path=folder
+    )
     seconds, peaks = [f[0] for f in figures], [f[1] for f in figures]
     loaded = sum(f[2] for f in figures)
     print(f"Measured {time.strftime('%Y-%m-%d')} on {MACHINE}")

@@ -14,14 +14,21 @@ within fixed bounds, checks the parameters and fitted attributes, builds the
 network on torch's meta device (shapes without memory) and compares every
 declared weight shape and dtype with it, all before it reads the weights.
 Whatever is wrong with a file is a ``ValueError`` that names it.
+
+A network given as code (an ``encoder``, ``decoder`` or ``subnet`` class or
+callable) is stored as a record of where it came from, never as code, and
+never imported from that record: loading such a file takes a template
+estimator that brings the code again (see :func:`load`).
 """
 
+import functools
 import hashlib
 import json
 import math
 import os
 import re
 import stat
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -41,7 +48,11 @@ from ._isometric import IsometricVAE
 from ._vae import VAETransformer
 
 FORMAT = "skvae"
-FORMAT_VERSION = 1
+# The newest format this skvae reads. Version 2 added the records of networks
+# given as code; a file without them is written as version 1, which skvae
+# before 2 reads too.
+FORMAT_VERSION = 2
+_FORMAT_VERSION_WITHOUT_CODE = 1
 # Only these classes are ever built from a file: the name in a file selects
 # one of them, it is never imported.
 ESTIMATORS = {
@@ -52,8 +63,16 @@ ESTIMATORS = {
 _NOT_SAVED = {"net_", "history_", "module_"}
 _ATTRIBUTE_NAME = re.compile(r"^(_score_seed|[a-z][a-z0-9_]*_)$")
 _MODULE, _ATTRIBUTE = "module.", "attribute."
-# Parameters that hold code are never saved, so a file must leave them None.
-_CODE_PARAMETERS = ("callbacks",)
+# Parameters that hold code and are never saved, so a file must leave them
+# None. Networks given as code are recorded instead (see _code_parameters).
+_UNSAVED_CODE_PARAMETERS = ("callbacks",)
+# The keys of a record of a network given as code; the last three only for a
+# functools.partial.
+_RECORD_KEYS = {"module", "qualname", "importable"}
+_PARTIAL_KEYS = {"partial", "args", "keywords"}
+# Arguments of a partial are recorded as JSON nested at most this deep, well
+# within MAX_JSON_DEPTH of the parameters that hold them.
+_MAX_ARGUMENT_DEPTH = 3
 # safetensors' own bound on the header.
 MAX_HEADER_BYTES = 100_000_000
 # The header nests 3 levels deep, the parameters 2 and the attributes 3.
@@ -79,11 +98,20 @@ def save(estimator, path):
     """Write a fitted skvae estimator to a file that loads without running code.
 
     The file holds the estimator's parameters, its fitted attributes and its
-    network's weights (see :func:`load`). The training state (the optimiser
-    and the skorch net) is not saved; ``callbacks`` are code and are stored
-    as None, with a warning. A fitted attribute that ``fit`` does not set
-    (one a user added) is refused with a ``ValueError``, since :func:`load`
-    would refuse the file.
+    network's weights (see :func:`load`). A network given as code (a class or
+    callable passed as ``encoder``, ``decoder`` or ``subnet``) is not stored:
+    the file records where it came from, and :func:`load` takes an estimator
+    that brings it again. The record of a class or function is its import
+    path (module and qualified name); of a ``functools.partial``, the
+    import path of the function it wraps, and its arguments when they are
+    numbers, strings, None and lists of them; of anything else (a lambda, a
+    function defined inside another, a bound method, an object with
+    ``__call__``), that it cannot be imported, which :func:`load` accepts
+    from any template. The training state (the optimiser and the skorch net)
+    is not saved; ``callbacks`` are code and are stored as None, with a
+    warning. A fitted attribute that ``fit`` does not set (one a user added)
+    is refused with a ``ValueError``, since :func:`load` would refuse the
+    file.
 
     Parameters
     ----------
@@ -96,9 +124,24 @@ def save(estimator, path):
     -------
     None
 
+    Raises
+    ------
+    TypeError
+        If ``estimator`` is not one of the estimators above.
+    ValueError
+        If a parameter or fitted attribute cannot be stored (a
+        ``random_state`` that is not an int or None, an attribute ``fit``
+        does not set).
+
     See Also
     --------
     load : Read the file back.
+
+    Notes
+    -----
+    A file that records networks given as code is written in format version
+    2; other files keep version 1. A skvae that reads only version 1 refuses
+    a version 2 file with a message that asks for an upgrade.
 
     Examples
     --------
@@ -113,21 +156,36 @@ def save(estimator, path):
     >>> again = skvae.load(path)
     >>> np.array_equal(again.transform(X), vae.transform(X))
     True
+
+    A model with networks of its own saves the same way; loading it takes a
+    template that brings them:
+
+    >>> from skvae.nn import ConvEncoder, ConvDecoder
+    >>> images = np.random.default_rng(0).random(size=(50, 16))  # 4×4 pixels
+    >>> conv = skvae.VAETransformer(2, encoder=ConvEncoder, decoder=ConvDecoder,
+    ...                             max_iter=2, random_state=0).fit(images)
+    >>> skvae.save(conv, path)
+    >>> template = skvae.VAETransformer(encoder=ConvEncoder, decoder=ConvDecoder)
+    >>> again = skvae.load(path, estimator=template)
+    >>> np.array_equal(again.transform(images), conv.transform(images))
+    True
     """
     name = type(estimator).__name__
     if ESTIMATORS.get(name) is not type(estimator):
         raise TypeError(f"save writes {', '.join(sorted(ESTIMATORS))}; got a {name}.")
     check_is_fitted(estimator)
     params = _json_params(estimator)
+    has_code = any(isinstance(value, dict) for value in params.values())
     attributes, arrays = _split_attributes(estimator)
     tensors = {
         _MODULE + key: value.detach().to("cpu").contiguous().clone()
         for key, value in estimator.module_.state_dict().items()
     }
     tensors.update({_ATTRIBUTE + key: value for key, value in arrays.items()})
+    version = FORMAT_VERSION if has_code else _FORMAT_VERSION_WITHOUT_CODE
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(version),
         "skvae_version": _skvae_version(),
         "estimator": name,
         "params": json.dumps(params, sort_keys=True),
@@ -139,7 +197,7 @@ def save(estimator, path):
     save_file(tensors, path, metadata=metadata)
 
 
-def load(path):
+def load(path, *, estimator=None):
     """Read an estimator written by :func:`save`, executing no code from the file.
 
     The file is read once, into memory, and checked whole before any weight
@@ -156,11 +214,37 @@ def load(path):
     ``max_iter`` and ``n_iter_no_change`` at most 10**6, ``batch_size``
     10**9, ``n_importance_samples`` 10**6).
 
+    A model whose ``encoder``, ``decoder`` or ``subnet`` was given as code (a
+    class or callable) needs that code again: the file records only where it
+    came from, and :func:`load` never imports a name read from a file. Pass
+    an unfitted estimator of the saved class, with those networks, as
+    ``estimator``. Its networks replace the records; every other parameter
+    is the file's. Each network must be the one recorded: the same import
+    path (a class or function defined in a script or notebook, ``__main__``,
+    matches one of the same qualified name in any module) and, for a
+    ``functools.partial``, the same arguments where the file holds them;
+    a record of a lambda or another callable that cannot be imported accepts
+    any. The networks are built first on torch's ``meta`` device, which
+    allocates nothing, to check every weight's shape and dtype against the
+    file; so a network's constructor must run under ``with
+    torch.device("meta")``: it may create tensors, but not read their values.
+    Once the whole file is checked, the model is built again on the CPU and
+    the weights are copied in, so that tensors a network keeps outside its
+    saved state (buffers with ``persistent=False``, plain tensor attributes)
+    hold their real values.
+
     Parameters
     ----------
     path : str or path-like
         File written by :func:`save`. Anything other than a regular file
         (a directory, a FIFO, a device) is refused without being read.
+    estimator : VAETransformer, INNAutoencoder or IsometricVAE, default=None
+        Template for a file that records networks given as code: an
+        estimator of the saved class whose ``encoder``, ``decoder`` or
+        ``subnet`` are those networks. Only its class and its networks are
+        read; it is not changed, and it need not be fitted. A template for a
+        file without such records is accepted when it has no networks of its
+        own either.
 
     Returns
     -------
@@ -176,8 +260,15 @@ def load(path):
     FileNotFoundError
         If there is no file at ``path``; other errors of opening or reading
         it (``PermissionError``...) are raised as by ``open``.
+    TypeError
+        If ``estimator`` is neither None nor an instance of one of the
+        estimators above.
     ValueError
-        If the file is not a regular file or not a valid skvae model file.
+        If the file is not a regular file or not a valid skvae model file;
+        if it records networks given as code and no ``estimator`` brings
+        them; if ``estimator`` is of another class than the saved one, or
+        its networks are not those recorded, or do not build on the meta
+        device, or do not match the saved weights' shapes.
 
     See Also
     --------
@@ -195,10 +286,44 @@ def load(path):
     >>> skvae.save(vae, path)
     >>> skvae.load(path).score(X) == vae.score(X)
     True
+
+    With convolutional networks, the file records
+    ``skvae.nn.conv.ConvEncoder`` and ``skvae.nn.conv.ConvDecoder``. A
+    template brings those classes; the rest (``n_components``, the weights)
+    comes from the file:
+
+    >>> from functools import partial
+    >>> from skvae.nn import ConvEncoder, ConvDecoder
+    >>> images = np.random.default_rng(0).random(size=(50, 16))  # 4×4 pixels
+    >>> small = partial(ConvEncoder, channels=(4,))
+    >>> conv = skvae.VAETransformer(2, encoder=small, decoder=ConvDecoder,
+    ...                             max_iter=2, random_state=0).fit(images)
+    >>> skvae.save(conv, path)
+    >>> template = skvae.VAETransformer(encoder=small, decoder=ConvDecoder)
+    >>> again = skvae.load(path, estimator=template)
+    >>> again.n_components
+    2
+    >>> np.array_equal(again.transform(images), conv.transform(images))
+    True
+
+    Without the template, the file is refused with a message that says how
+    to load it:
+
+    >>> skvae.load(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    ValueError: ... skvae.load(..., estimator=VAETransformer(encoder=partial(...
     """
+    template = _check_template(estimator)
     with _open_regular_file(path) as (file, size):
         header = _read_header(file, size, path)
         cls = _estimator_class(header.metadata, path)
+        if template is not None and type(template) is not cls:
+            raise ValueError(
+                f"{path} holds {_a(cls.__name__)}, but the template estimator is "
+                f"of class {type(template).__name__}: pass "
+                f"estimator={cls.__name__}(...)."
+            )
         unexpected = [
             key for key in header.entries if not key.startswith((_MODULE, _ATTRIBUTE))
         ]
@@ -208,13 +333,16 @@ def load(path):
                 "a weight nor a fitted attribute."
             )
         estimator = cls()
-        _restore_params(estimator, header.metadata, path)
+        networks = _restore_params(estimator, header.metadata, path, template)
         device = _device(estimator, path)
         arrays = _restore_attributes(estimator, header, path)
-        module = _meta_module(estimator, header.entries, path)
+        module = _meta_module(estimator, header.entries, path, networks)
         data = _read_exactly(file, header.data_size, path, last=True)
     _check_checksum(header, data, path)
     _restore_arrays(estimator, arrays, data, path)
+    if networks:
+        # Checked whole: now the user's networks are built with real values.
+        module = _cpu_module(estimator, path, networks)
     estimator.module_ = _restore_module(
         estimator, module, header.entries, data, path
     ).to(device)
@@ -225,6 +353,7 @@ def load(path):
 
 
 def _json_params(estimator):
+    networks = _code_parameters(type(estimator))
     params = {}
     for key, value in estimator.get_params(deep=False).items():
         if key == "callbacks" and value:
@@ -235,8 +364,94 @@ def _json_params(estimator):
                 stacklevel=3,
             )
             value = None
-        params[key] = _to_json(value, f"parameter {key}")
+        if key in networks and value is not None:
+            if not callable(value):
+                raise ValueError(
+                    f"save cannot store the parameter {key}={value!r}: a network "
+                    "is a torch.nn.Module class or a callable."
+                )
+            params[key] = _code_record(value)
+        else:
+            params[key] = _to_json(value, f"parameter {key}")
     return params
+
+
+def _code_parameters(cls):
+    """The parameters of ``cls`` that take a network as code (``encoder``,
+    ``decoder``, ``subnet``...): those whose constraints accept a callable,
+    in the order the class declares them."""
+    return tuple(
+        key
+        for key, constraints in cls._parameter_constraints.items()
+        if any(constraint is callable for constraint in constraints)
+    )
+
+
+def _code_record(value):
+    """What a file records of a network given as code, found without
+    importing anything: where it came from, never the code.
+
+    ``{"module", "qualname", "importable"}`` for a class or function, and for
+    a ``functools.partial`` those of the function it wraps with
+    ``"partial": true`` and its ``"args"`` and ``"keywords"`` as JSON (each
+    null when not all of them are plain values). ``importable`` says whether
+    the module and qualified name lead back to the object; a lambda, a
+    function defined in another, a bound method or an object with
+    ``__call__`` cannot be imported (for the last, the record names its
+    class).
+    """
+    target = value.func if isinstance(value, functools.partial) else value
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        importable = _resolves_to(module, qualname, target)
+    else:
+        module, qualname = type(target).__module__, type(target).__qualname__
+        importable = False
+    record = {"module": module, "qualname": qualname, "importable": importable}
+    if isinstance(value, functools.partial):
+        try:
+            args = _plain_json(list(value.args))
+            keywords = {str(k): _plain_json(v) for k, v in value.keywords.items()}
+        except _NotPlain:
+            args = keywords = None
+        record.update(partial=True, args=args, keywords=keywords)
+    return record
+
+
+def _resolves_to(module, qualname, target):
+    """Whether ``module`` and ``qualname`` lead to ``target`` through the
+    modules already imported: this imports nothing."""
+    found = sys.modules.get(module)
+    if found is None:
+        return False
+    for part in qualname.split("."):
+        if not part.isidentifier():
+            return False
+        try:
+            found = getattr(found, part)
+        # A module's own __getattr__ may raise anything.
+        except Exception:
+            return False
+    return found is target
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain_json(value, depth=0):
+    """``value`` as JSON if it is a number, a string, None, or a list or tuple
+    of them nested at most _MAX_ARGUMENT_DEPTH deep; else _NotPlain."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, list | tuple) and depth < _MAX_ARGUMENT_DEPTH:
+        return [_plain_json(v, depth + 1) for v in value]
+    raise _NotPlain
 
 
 def _split_attributes(estimator):
@@ -536,11 +751,16 @@ def _metadata_json(metadata, key, path):
     return value
 
 
-def _restore_params(estimator, metadata, path):
+def _restore_params(estimator, metadata, path, template):
     """Set the file's parameters on ``estimator`` and validate them as fit
-    would; infinite and NaN numbers and stored code are refused too."""
+    would; infinite and NaN numbers and stored code are refused too.
+
+    A network recorded as code is taken from ``template``, once its record
+    is checked against the template's network. Returns the names of those
+    parameters.
+    """
     params = _metadata_json(metadata, "params", path)
-    for key in _CODE_PARAMETERS:
+    for key in _UNSAVED_CODE_PARAMETERS:
         if params.get(key) is not None:
             raise ValueError(
                 f"{path} holds a value for {key}, which is code and never saved."
@@ -550,6 +770,8 @@ def _restore_params(estimator, metadata, path):
             raise ValueError(
                 f"{path} holds invalid parameters: {_quote(key)} is not finite."
             )
+    networks = _networks(type(estimator), params, path, template)
+    params.update(networks)
     try:
         estimator.set_params(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
@@ -559,6 +781,169 @@ def _restore_params(estimator, metadata, path):
         raise ValueError(
             f"{path} holds invalid parameters: {_shorten(str(exc), 300)}"
         ) from exc
+    return list(networks)
+
+
+def _check_template(template):
+    if template is None or type(template) in ESTIMATORS.values():
+        return template
+    what = (
+        f"the class {template.__name__}"
+        if isinstance(template, type)
+        else f"a {type(template).__name__}"
+    )
+    raise TypeError(
+        "estimator must be None or an unfitted "
+        f"{', '.join(sorted(ESTIMATORS))} whose networks are those of the saved "
+        f"model, e.g. VAETransformer(encoder=MyEncoder); got {what}."
+    )
+
+
+def _networks(cls, params, path, template):
+    """The template's networks that replace the records of the file's
+    ``params``, after checking each record against them.
+
+    Nothing read from a record is imported or looked up: records are
+    compared as strings with what the template's objects say of themselves.
+    """
+    records = {}
+    for key in _code_parameters(cls):
+        value = params.get(key)
+        if value is not None:
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"{path} holds invalid parameters: {key} is "
+                    f"{_quote(value)}, neither None nor a record of a network."
+                )
+            records[key] = _check_record(value, key, path)
+    if template is None:
+        if records:
+            raise ValueError(_needs_template(cls, records, path))
+        return {}
+    theirs = template.get_params(deep=False)
+    networks = {}
+    for key in _code_parameters(cls):
+        recorded, network = records.get(key), theirs.get(key)
+        if recorded is None and network is None:
+            continue
+        if recorded is None:
+            raise ValueError(
+                f"{path} holds {_a(cls.__name__)} whose {key} is the built-in one "
+                f"(None), but the template's is {_describe_object(network)}. "
+                f"Pass a template with {key}=None."
+            )
+        if network is None:
+            raise ValueError(
+                f"{path} holds {_a(cls.__name__)} whose {key} is "
+                f"{_describe(recorded)}, but the template's {key} is None. "
+                f"Pass it: estimator={cls.__name__}({key}={_hint(recorded)}, ...)."
+            )
+        if not callable(network):
+            raise ValueError(
+                f"{path}: the template's {key}={network!r} is not a network: a "
+                "torch.nn.Module class or a callable."
+            )
+        template_record = _code_record(network)
+        if not _same_code(recorded, template_record):
+            raise ValueError(
+                f"{path} holds {_a(cls.__name__)} whose {key} is "
+                f"{_describe(recorded)}, but the template's {key} is "
+                f"{_describe(template_record)}. Pass the network the model was "
+                f"saved with: estimator={cls.__name__}({key}={_hint(recorded)}, "
+                "...)."
+            )
+        networks[key] = network
+    return networks
+
+
+def _check_record(value, key, path):
+    """The record of a network in a file, checked to be of the form
+    :func:`_code_record` writes; its names are only ever compared."""
+    partial = value.get("partial", False)
+    keys = _RECORD_KEYS | (_PARTIAL_KEYS if partial is True else set())
+    if (
+        set(value) != keys
+        or not isinstance(value["module"], str)
+        or not isinstance(value["qualname"], str)
+        or not isinstance(value["importable"], bool)
+        or (
+            partial is True
+            and not (
+                isinstance(value["args"], list | None)
+                and isinstance(value["keywords"], dict | None)
+            )
+        )
+    ):
+        raise ValueError(
+            f"{path} holds invalid parameters: {key} is {_quote(value)}, not a "
+            "record of a network."
+        )
+    return value
+
+
+def _same_code(recorded, template):
+    """Whether a template's network (its record) is the one a file records."""
+    if not recorded["importable"]:
+        return True
+    if not template["importable"] or recorded["qualname"] != template["qualname"]:
+        return False
+    modules = recorded["module"], template["module"]
+    # A script or notebook's __main__ is no import path.
+    if "__main__" not in modules and modules[0] != modules[1]:
+        return False
+    if recorded.get("partial", False) != template.get("partial", False):
+        return False
+    return all(
+        recorded[key] is None or recorded[key] == template[key]
+        for key in ("args", "keywords")
+        if key in recorded
+    )
+
+
+def _describe(record):
+    """A record, as a message shows it."""
+    name = f"{record['module']}.{record['qualname']}"
+    if not record["importable"]:
+        return _shorten(f"a callable that cannot be imported ({name})", 200)
+    if record.get("partial"):
+        return _shorten(f"functools.partial({name}{_arguments(record)})", 200)
+    return _shorten(name, 200)
+
+
+def _hint(record):
+    """What a user writes to pass the network a record describes."""
+    if not record["importable"]:
+        return "<your network>"
+    name = record["qualname"]
+    if record.get("partial"):
+        return _shorten(f"partial({name}{_arguments(record)})", 200)
+    return _shorten(name, 200)
+
+
+def _arguments(record):
+    if record["args"] is None or record["keywords"] is None:
+        return ", ..."
+    # JSON text: a file's strings cannot break out of their quotes.
+    args = [json.dumps(arg) for arg in record["args"]]
+    args += [f"{k}={json.dumps(v)}" for k, v in record["keywords"].items()]
+    return "".join(f", {arg}" for arg in args)
+
+
+def _describe_object(network):
+    return _describe(_code_record(network)) if callable(network) else repr(network)
+
+
+def _needs_template(cls, records, path):
+    described = " and ".join(
+        f"{key} is {_describe(record)}" for key, record in records.items()
+    )
+    hint = ", ".join(f"{key}={_hint(record)}" for key, record in records.items())
+    return (
+        f"{path} holds {_a(cls.__name__)} whose {described}, given as code, "
+        "which load never imports from a file. Pass an estimator that brings "
+        f"{'them' if len(records) > 1 else 'it'} as a template: "
+        f"skvae.load({str(path)!r}, estimator={cls.__name__}({hint}))."
+    )
 
 
 def _device(estimator, path):
@@ -810,9 +1195,12 @@ class _TooManyLayers(Exception):
     pass
 
 
-def _meta_module(estimator, entries, path):
+def _meta_module(estimator, entries, path, networks=()):
     """The estimator's untrained module on the meta device, with every
-    state tensor checked against the file's declared dtype and shape."""
+    state tensor checked against the file's declared dtype and shape.
+
+    ``networks``: the parameters whose networks a template brought.
+    """
     name = type(estimator).__name__
     declared = {
         key.removeprefix(_MODULE): entry
@@ -829,8 +1217,19 @@ def _meta_module(estimator, entries, path):
             "the file holds weights for."
         ) from None
     # The parameters come from the file: whatever they make the build raise
-    # means the file describes no valid network.
+    # means the file describes no valid network, or, with a template's
+    # networks, that those do not build on the meta device.
     except Exception as exc:
+        if networks:
+            raise ValueError(
+                f"{path}: the {name} of its parameters, with the template's "
+                f"{' and '.join(networks)}, does not build on torch's meta device "
+                f"({type(exc).__name__}: {_shorten(str(exc), 300)}). load "
+                "checks the shapes of a file's weights on the meta device, "
+                "before reading them, so a network passed to it must build "
+                "under `with torch.device('meta')`: creating tensors, not "
+                "reading their values."
+            ) from exc
         raise ValueError(
             f"{path}: its parameters describe no valid {name} network: "
             f"{_shorten(str(exc), 300)}"
@@ -847,12 +1246,30 @@ def _meta_module(estimator, entries, path):
                 f"{tuple(tensor.shape)}"
             )
     if problems:
+        described = f"the {name} that the saved parameters describe" + (
+            f" with the template's {' and '.join(networks)}" if networks else ""
+        )
         raise ValueError(
-            f"{path}: the saved weights do not fit the {name} that the saved "
-            f"parameters describe: {'; '.join(problems[:5])}"
+            f"{path}: the saved weights do not fit {described}: "
+            f"{'; '.join(problems[:5])}"
             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
         )
     return module
+
+
+def _cpu_module(estimator, path, networks):
+    """The estimator's untrained module on the CPU, built once the file has
+    passed every check: a template's networks may keep tensors outside their
+    state (non-persistent buffers, plain attributes), which a module built
+    on the meta device would leave without values."""
+    try:
+        return estimator._new_module(estimator.n_features_in_, torch.Generator())
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: the template's {' and '.join(networks)} built on the meta "
+            "device but not on the CPU "
+            f"({type(exc).__name__}: {_shorten(str(exc), 300)})."
+        ) from exc
 
 
 def _restore_module(estimator, module, entries, data, path):
@@ -882,6 +1299,11 @@ def _restore_module(estimator, module, entries, data, path):
 # -- small helpers -------------------------------------------------------------
 
 
+def _a(name):
+    """``name`` with its indefinite article."""
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
 def _unreadable(path, reason):
     return ValueError(f"{path} is not a readable skvae model file: {reason}.")
 
@@ -908,4 +1330,6 @@ def _finite(value):
         return math.isfinite(value)
     if isinstance(value, list):
         return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
     return True

@@ -5,7 +5,9 @@ refuse a hostile file on its contents alone, with a ValueError naming it,
 cheaply, and without running anything from it.
 """
 
+import builtins
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -15,6 +17,7 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -23,10 +26,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
+from torch import nn
 from torch.nn.modules import module as torch_module
 
 import skvae
 from skvae import INNAutoencoder, IsometricVAE, VAETransformer
+from skvae.exceptions import PosteriorCollapseWarning
+from skvae.nn import ConvDecoder, ConvEncoder
 
 SMALL = {
     VAETransformer: dict(encoder_layers=(8,), decoder_variance="heteroscedastic"),
@@ -48,9 +54,71 @@ TORCH_DTYPES = {
 }
 
 
+class TinyNetwork(nn.Module):
+    """A user's network, defined in this test module."""
+
+    def __init__(self, n_inputs, n_outputs, hidden=8):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(n_inputs, hidden), nn.Tanh(), nn.Linear(hidden, n_outputs)
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class StatefulNetwork(nn.Module):
+    """A network with tensors outside its state dict, which a file lacks."""
+
+    def __init__(self, n_inputs, n_outputs):
+        super().__init__()
+        self.linear = nn.Linear(n_inputs, n_outputs)
+        self.register_buffer("gain", torch.full((n_outputs,), 0.5), persistent=False)
+        self.shift = torch.linspace(-1, 1, n_outputs)
+
+    def forward(self, x):
+        return self.linear(x) * self.gain + self.shift.to(x.device)
+
+
+class NotOnMeta(TinyNetwork):
+    """A network whose constructor reads a tensor's value."""
+
+    def __init__(self, n_inputs, n_outputs):
+        super().__init__(n_inputs, n_outputs)
+        self.bound = float(self.layers[0].weight.detach().abs().max())
+
+
+def _small_conv():
+    """Networks of the kinds a template brings, built anew at each call
+    (another partial, another lambda)."""
+    return dict(
+        encoder=partial(ConvEncoder, channels=(4,)),
+        decoder=partial(ConvDecoder, image_shape=(4, 4), channels=[4]),
+    )
+
+
+# Each: the estimator, and its networks, built anew at each call.
+NETWORKS = {
+    "conv": (VAETransformer, lambda: dict(encoder=ConvEncoder, decoder=ConvDecoder)),
+    "own class": (IsometricVAE, lambda: dict(encoder=TinyNetwork)),
+    "partial": (VAETransformer, _small_conv),
+    "lambda": (VAETransformer, lambda: dict(decoder=lambda i, o: TinyNetwork(i, o))),
+    "state outside the state dict": (
+        IsometricVAE,
+        lambda: dict(decoder=StatefulNetwork),
+    ),
+}
+
+
 @pytest.fixture(scope="module")
 def X():
     return np.random.default_rng(0).normal(size=(60, 4))
+
+
+@pytest.fixture(scope="module")
+def images():
+    """4×4 images, as rows."""
+    return np.random.default_rng(1).random(size=(60, 16))
 
 
 def _fit(cls, X, **params):
@@ -58,6 +126,7 @@ def _fit(cls, X, **params):
     est = cls(2, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", PosteriorCollapseWarning)
         return est.fit(X)
 
 
@@ -70,6 +139,14 @@ def saved(X, tmp_path_factory):
         skvae.save(_fit(cls, X), folder / cls.__name__)
         files[cls] = (folder / cls.__name__).read_bytes()
     return files
+
+
+@pytest.fixture(scope="module")
+def with_networks(images, tmp_path_factory):
+    """The bytes of a saved model with networks given as code, as "networks"."""
+    path = tmp_path_factory.mktemp("saved") / "networks"
+    skvae.save(_fit(VAETransformer, images, **_small_conv()), path)
+    return {"networks": path.read_bytes()}
 
 
 def _copy(saved, cls, tmp_path):
@@ -282,7 +359,7 @@ def test_changed_parameters_are_refused(X, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda m: m.update(format_version="2"), "format 2.*Upgrade skvae"),
+        (lambda m: m.update(format_version="3"), "format 3.*Upgrade skvae"),
         (lambda m: m.update(format="other"), "not a skvae model file"),
         (lambda m: m.update(estimator="os.system"), "loads only"),
         (
@@ -757,6 +834,284 @@ def test_a_missing_file_is_file_not_found(tmp_path):
         skvae.load(tmp_path / "absent.safetensors")
 
 
+# -- issue 12: networks given as code come back from a template ----------------
+
+
+def _record(path, key):
+    return json.loads(_unpack(path)[0]["params"])[key]
+
+
+@pytest.mark.parametrize("case", list(NETWORKS))
+def test_a_template_brings_the_networks_back_with_identical_outputs(
+    images, tmp_path, case
+):
+    cls, networks = NETWORKS[case]
+    est = _fit(cls, images, **networks())
+    path = tmp_path / "m.safetensors"
+    skvae.save(est, path)
+    template = cls(n_components=1, max_iter=7, **networks())
+    loaded = skvae.load(path, estimator=template)
+    assert type(loaded) is cls
+    # The template's networks, the file's other parameters.
+    brought = {key: template.get_params()[key] for key in networks()}
+    assert loaded.get_params() == {**est.get_params(), **brought}
+    assert template.get_params()["n_components"] == 1
+    Z = est.transform(images)
+    np.testing.assert_array_equal(loaded.transform(images), Z)
+    np.testing.assert_array_equal(loaded.inverse_transform(Z), est.inverse_transform(Z))
+    np.testing.assert_array_equal(
+        loaded.score_samples(images), est.score_samples(images)
+    )
+    np.testing.assert_array_equal(loaded.sample(5), est.sample(5))
+
+
+def test_a_network_is_recorded_by_its_import_path_never_as_code(images, tmp_path):
+    path = tmp_path / "m.safetensors"
+    skvae.save(_fit(VAETransformer, images, **_small_conv()), path)
+    assert _record(path, "encoder") == {
+        "module": "skvae.nn.conv",
+        "qualname": "ConvEncoder",
+        "importable": True,
+        "partial": True,
+        "args": [],
+        "keywords": {"channels": [4]},
+    }
+    assert _unpack(path)[0]["format_version"] == "2"
+    skvae.save(_fit(IsometricVAE, images, encoder=TinyNetwork), path)
+    assert _record(path, "encoder") == {
+        "module": TinyNetwork.__module__,
+        "qualname": "TinyNetwork",
+        "importable": True,
+    }
+    assert _record(path, "decoder") is None
+    # A lambda, a bound method, an object with __call__ cannot be imported;
+    # nor can a partial's arguments that are not plain values.
+    for network, qualname in [
+        (lambda i, o: TinyNetwork(i, o), "<lambda>"),
+        (partial(TinyNetwork, hidden=np.int64(4)), "TinyNetwork"),
+        (partial(TinyNetwork, hidden=torch.tensor(4)), "TinyNetwork"),
+    ]:
+        skvae.save(_fit(IsometricVAE, images, encoder=network), path)
+        record = _record(path, "encoder")
+        assert record["qualname"].endswith(qualname)
+        assert record["importable"] == (qualname != "<lambda>")
+    assert record["args"] is None and record["keywords"] is None
+    skvae.save(_fit(IsometricVAE, images), path)
+    assert _unpack(path)[0]["format_version"] == "1"
+
+
+def test_without_a_template_the_refusal_says_how_to_load_the_file(images, tmp_path):
+    path = tmp_path / "m.safetensors"
+    skvae.save(_fit(VAETransformer, images, encoder=ConvEncoder), path)
+    hint = f"skvae.load({str(path)!r}, estimator=VAETransformer(encoder=ConvEncoder))"
+    with pytest.raises(ValueError, match=_names(path)) as error:
+        skvae.load(path)
+    assert "skvae.nn.conv.ConvEncoder" in str(error.value)
+    assert hint in str(error.value)
+    skvae.save(_fit(VAETransformer, images, decoder=lambda i, o: nn.Linear(i, o)), path)
+    with pytest.raises(ValueError, match=r"decoder=<your network>"):
+        skvae.load(path)
+
+
+def test_a_template_of_another_class_is_refused(with_networks, tmp_path):
+    path = _copy(with_networks, "networks", tmp_path)
+    with pytest.raises(ValueError, match=f"{_names(path)}.*IsometricVAE"):
+        skvae.load(path, estimator=IsometricVAE(**_small_conv()))
+    with pytest.raises(TypeError, match="got the class VAETransformer"):
+        skvae.load(path, estimator=VAETransformer)
+
+
+BAD_TEMPLATES = {
+    "another class": dict(encoder=TinyNetwork),
+    "another partial argument": dict(encoder=partial(ConvEncoder, channels=(5,))),
+    "the class, not the partial": dict(encoder=ConvEncoder),
+    "a lambda for a class": dict(encoder=lambda i, o: ConvEncoder(i, o)),
+    "no network": dict(encoder=None),
+    "not callable": dict(encoder="skvae.nn.conv.ConvEncoder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TEMPLATES))
+def test_a_template_with_networks_other_than_recorded_is_refused(
+    with_networks, tmp_path, case
+):
+    path = _copy(with_networks, "networks", tmp_path)
+    template = VAETransformer(**{**_small_conv(), **BAD_TEMPLATES[case]})
+    with pytest.raises(ValueError, match=f"{_names(path)}.*encoder"):
+        skvae.load(path, estimator=template)
+
+
+def test_a_template_for_a_file_without_networks(saved, tmp_path, X):
+    path = _copy(saved, VAETransformer, tmp_path)
+    # Only its class is used: the parameters are the file's.
+    loaded = skvae.load(path, estimator=VAETransformer(n_components=1))
+    assert loaded.n_components == 2
+    np.testing.assert_array_equal(loaded.transform(X), skvae.load(path).transform(X))
+    with pytest.raises(ValueError, match=f"{_names(path)}.*encoder is the built-in"):
+        skvae.load(path, estimator=VAETransformer(encoder=TinyNetwork))
+
+
+def test_a_template_whose_network_has_other_shapes_is_refused(images, tmp_path):
+    path = tmp_path / "m.safetensors"
+    skvae.save(
+        _fit(VAETransformer, images, decoder=lambda i, o: TinyNetwork(i, o)), path
+    )
+    # A record of a lambda accepts any network, but not other weights.
+    template = VAETransformer(decoder=lambda i, o: TinyNetwork(i, o, hidden=9))
+    with pytest.raises(ValueError, match=f"{_names(path)}.*do not fit.*decoder"):
+        skvae.load(path, estimator=template)
+
+
+def test_a_network_that_does_not_build_on_the_meta_device_is_refused(images, tmp_path):
+    path = tmp_path / "m.safetensors"
+    skvae.save(_fit(IsometricVAE, images, encoder=NotOnMeta), path)
+    with pytest.raises(ValueError, match=r"meta device.*torch\.device\('meta'\)"):
+        skvae.load(path, estimator=IsometricVAE(encoder=NotOnMeta))
+
+
+@pytest.mark.parametrize(
+    "module, loads",
+    [("__main__", True), ("skvae.nn.other", False), ("skvae.nn.conv", True)],
+)
+def test_a_class_saved_from_a_script_matches_one_of_the_same_name(
+    with_networks, tmp_path, module, loads
+):
+    path = _copy(with_networks, "networks", tmp_path)
+    # A script or notebook's classes live in __main__, which is no import path.
+    record = {**_record(path, "decoder"), "module": module}
+    _rewrite(path, _edit("params", decoder=record))
+    if loads:
+        skvae.load(path, estimator=VAETransformer(**_small_conv()))
+    else:
+        with pytest.raises(ValueError, match=r"skvae\.nn\.other\.ConvDecoder"):
+            skvae.load(path, estimator=VAETransformer(**_small_conv()))
+
+
+class _Imported(BaseException):
+    """Not an Exception, so that no ``except Exception`` can hide it."""
+
+
+@contextmanager
+def _nothing_imported_or_run(*names):
+    """Fail on an import of a module in ``names``, or a call of os.system,
+    within the block; and record every module imported through importlib."""
+    real_import, real_import_module, real_system = (
+        builtins.__import__,
+        importlib.import_module,
+        os.system,
+    )
+    imported = []
+
+    def guarded_import(name, *args, **kwargs):
+        if name.partition(".")[0] in names:
+            raise _Imported(name)
+        return real_import(name, *args, **kwargs)
+
+    def guarded_import_module(name, *args, **kwargs):
+        imported.append(name)
+        return guarded_import(name) and real_import_module(name, *args, **kwargs)
+
+    def system(command):
+        raise _Imported(f"os.system({command!r})")
+
+    builtins.__import__, importlib.import_module, os.system = (
+        guarded_import,
+        guarded_import_module,
+        system,
+    )
+    try:
+        yield imported
+    finally:
+        builtins.__import__, importlib.import_module, os.system = (
+            real_import,
+            real_import_module,
+            real_system,
+        )
+
+
+NAMES = {
+    "os.system": {"module": "os", "qualname": "system", "importable": True},
+    "a module that does not exist": {
+        "module": "skvae_never_imported",
+        "qualname": "Net",
+        "importable": True,
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(NAMES))
+def test_loading_never_imports_or_runs_a_name_from_the_file(
+    with_networks, tmp_path, case
+):
+    path = _copy(with_networks, "networks", tmp_path)
+    _rewrite(path, _edit("params", encoder=NAMES[case]))
+    with _nothing_imported_or_run("skvae_never_imported") as imported:
+        with pytest.raises(ValueError, match="never imports") as error:
+            skvae.load(path)
+        assert "{module}.{qualname}".format(**NAMES[case]) in str(error.value)
+        with pytest.raises(ValueError, match="template's encoder is"):
+            skvae.load(path, estimator=VAETransformer(**_small_conv()))
+    assert not imported
+    assert "skvae_never_imported" not in sys.modules
+
+
+def test_a_record_of_a_callable_that_cannot_be_imported_accepts_any_network(
+    with_networks, tmp_path, images
+):
+    path = _copy(with_networks, "networks", tmp_path)
+    expected = skvae.load(path, estimator=VAETransformer(**_small_conv()))
+    names = {**NAMES["os.system"], "importable": False}
+    _rewrite(path, _edit("params", encoder=names))
+    with _nothing_imported_or_run("skvae_never_imported") as imported:
+        loaded = skvae.load(path, estimator=VAETransformer(**_small_conv()))
+    assert not imported
+    np.testing.assert_array_equal(loaded.transform(images), expected.transform(images))
+
+
+RECORD = {"module": "skvae.nn.conv", "qualname": "ConvEncoder", "importable": True}
+BAD_RECORDS = {
+    "a string": "skvae.nn.conv.ConvEncoder",
+    "a list": ["skvae.nn.conv", "ConvEncoder"],
+    "an empty object": {},
+    "no importable": {"module": "skvae.nn.conv", "qualname": "ConvEncoder"},
+    "an extra key": {**RECORD, "code": "import os"},
+    "a module of another type": {**RECORD, "module": 1},
+    "importable a string": {**RECORD, "importable": "yes"},
+    "partial false": {**RECORD, "partial": False},
+    "partial without arguments": {**RECORD, "partial": True},
+    "partial arguments a string": {
+        **RECORD,
+        "partial": True,
+        "args": "[]",
+        "keywords": {},
+    },
+    "a non-finite partial argument": {
+        **RECORD,
+        "partial": True,
+        "args": [float("inf")],
+        "keywords": {},
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RECORDS))
+@pytest.mark.parametrize("with_template", [False, True])
+def test_a_malformed_record_is_a_value_error_naming_the_file(
+    with_networks, tmp_path, case, with_template
+):
+    path = _copy(with_networks, "networks", tmp_path)
+    _rewrite(path, _edit("params", encoder=BAD_RECORDS[case]))
+    template = VAETransformer(**_small_conv()) if with_template else None
+    with pytest.raises(ValueError, match=_names(path)):
+        skvae.load(path, estimator=template)
+
+
+def test_save_refuses_a_network_that_is_not_callable(images, tmp_path):
+    est = _fit(VAETransformer, images, **_small_conv()).set_params(encoder="mine")
+    with pytest.raises(ValueError, match="encoder='mine'"):
+        skvae.save(est, tmp_path / "m.safetensors")
+
+
 # -- the fuzz: a mutated file loads, or is refused with a ValueError -----------
 
 FUZZ = settings(
@@ -790,6 +1145,27 @@ json_values = st.one_of(
     # Feature names, as stored.
     st.fixed_dictionaries({"strings": st.lists(st.text(max_size=3), max_size=5)}),
 )
+# Records of networks given as code, well formed or nearly, naming modules
+# that must never be imported.
+records = st.fixed_dictionaries(
+    {
+        "module": st.sampled_from(
+            ["skvae.nn.conv", "os", "__main__", "skvae_never_imported", ""]
+        ),
+        "qualname": st.sampled_from(
+            ["ConvEncoder", "ConvDecoder", "system", "<lambda>", "f.<locals>.g"]
+        ),
+        "importable": st.sampled_from([True, False, 1]),
+    },
+    optional={
+        "partial": st.sampled_from([True, False]),
+        "args": st.one_of(st.just([]), json_values),
+        "keywords": st.one_of(
+            st.just({"channels": [4]}), st.just({"image_shape": [4, 4]}), json_values
+        ),
+    },
+)
+param_values = st.one_of(json_values, records)
 texts = st.one_of(
     st.text(max_size=20),
     json_values.map(json.dumps),
@@ -807,6 +1183,8 @@ ATTRIBUTES = [
     "_score_seed",
     "components_order_",
     "net_",
+    "encoder",
+    "decoder",
 ]
 
 
@@ -817,7 +1195,7 @@ def _mutate_json(data, metadata, entry):
         content = {}
     key = data.draw(st.sampled_from(sorted({*content, *ATTRIBUTES, "other_"})))
     if data.draw(st.booleans()):
-        content[key] = data.draw(json_values)
+        content[key] = data.draw(param_values if entry == "params" else json_values)
     else:
         content.pop(key, None)
     metadata[entry] = json.dumps(content)
@@ -876,18 +1254,35 @@ def _mutated_file(data, path):
 @FUZZ
 @given(data=st.data())
 def test_a_mutated_file_loads_or_is_refused_with_a_value_error(
-    saved, X, tmp_path, data
+    saved, with_networks, X, images, tmp_path, data
 ):
-    cls = data.draw(st.sampled_from(list(SMALL)))
-    path = _copy(saved, cls, tmp_path)
+    case = data.draw(st.sampled_from([*SMALL, "networks", "networks"]))
+    path = _copy({**saved, **with_networks}, case, tmp_path)
     _mutated_file(data, path)
-    with _bounded(), warnings.catch_warnings():
+    # Mostly the template the file needs: the networks it was saved with, or
+    # none or a plain estimator of its class.
+    if case == "networks":
+        template = data.draw(st.sampled_from(["networks"] * 4 + [None, IsometricVAE]))
+    else:
+        template = data.draw(st.sampled_from([None, None, case, "networks"]))
+    if template == "networks":
+        template = VAETransformer(**_small_conv())
+    elif template is not None:
+        template = template()
+    X = images if case == "networks" else X
+    with (
+        _bounded(),
+        warnings.catch_warnings(),
+        _nothing_imported_or_run("skvae_never_imported") as imported,
+    ):
         # A device this machine lacks: the model is loaded on the CPU.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            est = skvae.load(path)
+            est = skvae.load(path, estimator=template)
         except (ValueError, FileNotFoundError):
             return
+        finally:
+            assert not imported
         # What loads is a working model: finite outputs, or a ValueError.
         for method in (est.transform, est.score_samples, est.inverse_transform):
             try:
