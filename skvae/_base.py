@@ -318,9 +318,9 @@ class BaseLatentEstimator(
         else:
             warnings.warn(
                 f"{type(self).__name__}: the loss was still improving when "
-                f"max_iter={self.max_iter} epochs ran out; the learning rate was "
-                "annealed to finish in time, but the optimum is not reached. "
-                "Increase max_iter.",
+                f"max_iter={self.max_iter} epochs ran out, before the learning "
+                "rate had been lowered to its final value. Increase max_iter, or "
+                "call fit again with warm_start=True.",
                 ConvergenceWarning,
                 stacklevel=_user_stacklevel(),
             )

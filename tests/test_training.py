@@ -73,10 +73,13 @@ def test_progress_bar_names_the_estimator_and_draws_its_last_line_once(
 
 def test_progress_bar_counts_the_epoch_that_stops_training(monkeypatch, capsys):
     X = np.random.default_rng(0).normal(size=(40, 3))
-    # No later epoch improves by 1e9: training stops in epoch 2.
-    est = VAETransformer(encoder_layers=(4,), max_iter=5, n_iter_no_change=1)
+    # tol is relative to the decrease since the first epoch: after the
+    # second, no epoch improves by 1e9 times it, and training stops in epoch 3.
+    est = VAETransformer(
+        encoder_layers=(4,), max_iter=5, n_iter_no_change=1, learning_rate="constant"
+    )
     est.set_params(tol=1e9, verbose=1, random_state=0)
     lines = _bar_lines(est, X, monkeypatch, capsys)
-    assert est.n_iter_ == 2
-    assert "2/5" in lines[-1] and sum("2/5" in line for line in lines) == 1
+    assert est.n_iter_ == 3
+    assert "3/5" in lines[-1] and sum("3/5" in line for line in lines) == 1
     assert f"train_loss={est.loss_curve_[-1]:.4g}" in lines[-1]

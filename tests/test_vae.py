@@ -327,7 +327,11 @@ def test_extra_skorch_callbacks_are_used_not_changed(digits):
         policy="StepLR", step_size=1, gamma=0.5, event_name="event_lr"
     )
     vae = VAETransformer(
-        callbacks=[scheduler], learning_rate="constant", random_state=0, **FAST
+        callbacks=[scheduler],
+        learning_rate="constant",
+        learning_rate_init=1e-3,
+        random_state=0,
+        **FAST,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
