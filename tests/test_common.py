@@ -1,8 +1,22 @@
 """scikit-learn's estimator checks, in full, for every skvae estimator."""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
 
 from skvae import INNAutoencoder, IsometricVAE, VAETransformer
+
+
+class TinySubnet(nn.Module):
+    """A user's coupling subnet, which the estimator may not look inside."""
+
+    def __init__(self, n_inputs, n_outputs):
+        super().__init__()
+        self.hidden = nn.Linear(n_inputs, 4)
+        self.out = nn.Linear(4, n_outputs)
+
+    def forward(self, x):
+        return self.out(nn.functional.softplus(self.hidden(x)))
+
 
 # Small networks and few epochs keep the checks fast; the checks themselves
 # are scikit-learn's, none skipped or expected to fail.
@@ -11,6 +25,7 @@ ESTIMATORS = [
         encoder_layers=(8,), max_iter=5, batch_size=32, n_importance_samples=8
     ),
     INNAutoencoder(n_blocks=2, subnet_layers=(8,), max_iter=5, batch_size=32),
+    INNAutoencoder(n_blocks=2, subnet=TinySubnet, max_iter=5, batch_size=32),
     IsometricVAE(encoder_layers=(8,), max_iter=5, batch_size=32),
 ]
 
