@@ -420,7 +420,8 @@ class INNAutoencoderModule(LatentVariableModel):
         aligned with one feature, and flows fit data whose structure is
         aligned with the features (the dequantization noise of pixels, say)
         better so: on the dequantized digits at ``n_components=10``, 62.6
-        nats held out against 57.5 with the rotation. The layer's
+        nats held out against 58.8 with a rotation of the principal
+        subspace onto the kept outputs. The layer's
         log-determinant is exact, so the density stays exact. With
         orthogonal mixing, which mixes every feature anyway, the layer
         rotates onto the principal axes instead.
