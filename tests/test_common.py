@@ -20,6 +20,18 @@ class OwnEncoder(nn.Module):
         return self.out(nn.functional.softplus(self.hidden(x)))
 
 
+class TinySubnet(nn.Module):
+    """A user's coupling subnet, which the estimator may not look inside."""
+
+    def __init__(self, n_inputs, n_outputs):
+        super().__init__()
+        self.hidden = nn.Linear(n_inputs, 4)
+        self.out = nn.Linear(4, n_outputs)
+
+    def forward(self, x):
+        return self.out(nn.functional.softplus(self.hidden(x)))
+
+
 class OwnDecoder(nn.Module):
     """A residual network: a linear map plus a tanh correction."""
 
@@ -41,6 +53,7 @@ ESTIMATORS = [
         encoder_layers=(8,), max_iter=5, batch_size=32, n_importance_samples=8
     ),
     INNAutoencoder(n_blocks=2, subnet_layers=(8,), max_iter=5, batch_size=32),
+    INNAutoencoder(n_blocks=2, subnet=TinySubnet, max_iter=5, batch_size=32),
     IsometricVAE(encoder_layers=(8,), max_iter=5, batch_size=32),
     # Networks the user brings: a class, and a callable with extra arguments.
     VAETransformer(

@@ -6,10 +6,12 @@ import torch
 from sklearn.decomposition import PCA
 
 from skvae.nn.coupling import (
+    GATE_GAIN,
     AffineCoupling,
     FixedAffine,
     FixedOrthogonal,
     FixedPermutation,
+    PrincipalSplit,
     soft_clamp,
 )
 from skvae.nn.inn import INNAutoencoderModule, InvertibleNetwork
@@ -22,12 +24,17 @@ def seeded(seed):
 
 
 def randomise_(module, seed, scale=0.5):
-    """Replace every parameter (zero last layers included) by seeded noise."""
+    """Replace every parameter (zero gates included) by seeded noise.
+
+    Gates are stored divided by their gain, so that they get the same
+    effective scale as every other parameter.
+    """
     generator = seeded(seed)
     with torch.no_grad():
-        for param in module.parameters():
+        for name, param in module.named_parameters():
             noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            param.copy_(scale * noise)
+            gain = GATE_GAIN if name.endswith("gate") else 1.0
+            param.copy_(scale * noise / gain)
     return module
 
 
@@ -48,10 +55,17 @@ def jacobian_log_dets(function, x):
 
 
 def random_affine_(layer, seed, n_features):
-    """Give a FixedAffine a random shift, rotation and log-scales."""
+    """Give a fixed input layer a random shift, rotation or basis, and scales."""
     generator = seeded(seed)
+    shift = torch.randn(n_features, generator=generator)
+    if isinstance(layer, PrincipalSplit):
+        k = layer.n_components
+        basis = torch.randn(n_features, k, generator=generator, dtype=torch.float64)
+        positions = torch.randperm(n_features, generator=generator)[:k]
+        layer.set_(shift, torch.linalg.qr(basis)[0], positions, 0.3)
+        return layer
     layer.set_(
-        torch.randn(n_features, generator=generator),
+        shift,
         torch.linalg.qr(torch.randn(n_features, n_features, generator=generator))[0],
         0.5 * torch.randn(n_features, generator=generator),
     )
@@ -113,7 +127,7 @@ def test_block_log_dets_match_autograd_jacobian(n_features):
     for block in blocks:
         expected = jacobian_log_dets(lambda h, block=block: block(h)[0], x)
         torch.testing.assert_close(block(x)[1], expected, rtol=0, atol=1e-10)
-    assert coupling(x)[1].abs().min() > 0.01
+    assert coupling(x)[1].abs().max() > 0.01
 
 
 @pytest.mark.parametrize("mixing", ["permutation", "orthogonal"])
@@ -155,17 +169,20 @@ def test_fixed_affine_is_exact_in_float64_and_volume_preserving_without_scales()
 
 
 @pytest.mark.parametrize("mixing", ["permutation", "orthogonal"])
-def test_initialisation_from_data_starts_the_network_as_pca(mixing):
+@pytest.mark.parametrize("n_components", [2, 4])
+def test_initialisation_from_data_starts_the_network_as_pca(mixing, n_components):
     generator = seeded(0)
     x = rows(300, 6, torch.float32) @ torch.diag(torch.tensor([3, 2, 1, 0.5, 0.2, 0.1]))
     x = x @ torch.linalg.qr(torch.randn(6, 6, generator=generator))[0] + 1.0
-    inn = INNAutoencoderModule(6, 2, n_blocks=3, **SMALL, mixing=mixing)
+    inn = INNAutoencoderModule(6, n_components, n_blocks=3, **SMALL, mixing=mixing)
     inn.initialize_from_data(x)
-    pca = PCA(2).fit(x.numpy())
+    pca = PCA(n_components).fit(x.numpy())
+    scale = x.var(0, unbiased=False).mean().sqrt()
+    torch.testing.assert_close(inn.data_scale, scale, rtol=1e-5, atol=0)
     with torch.no_grad():
         code = inn.encode(x)
         reconstruction = inn.decode(code)
-    # Principal-component scores up to the sign of each axis.
+    # Principal-component scores, up to the sign of each axis.
     np.testing.assert_allclose(
         np.abs(code.numpy()), np.abs(pca.transform(x.numpy())), atol=1e-4
     )
@@ -174,12 +191,69 @@ def test_initialisation_from_data_starts_the_network_as_pca(mixing):
         pca.inverse_transform(pca.transform(x.numpy())),
         atol=1e-4,
     )
-    # Only a rotation and a centring: the density's volume term is unchanged.
-    assert torch.equal(inn.net(x)[1], torch.zeros(300, 3))
+    # Fixed linear layers only: the volume term is the same for every row.
+    log_dets = inn.net(x)[1].detach()
+    assert torch.equal(log_dets[:, 1:], torch.zeros(300, 2))
+    expected = jacobian_log_dets(lambda h: inn.net(h)[0], x[:3].double().float())
+    torch.testing.assert_close(log_dets[:, 0], expected[0].expand(300))
+    # The learned widths start where the untrained network puts the data: a
+    # Gaussian fitted to the rows.
+    y = inn.net(x)[0].detach()
+    torch.testing.assert_close(
+        inn.prior_log_std.detach().exp(),
+        y.square().mean(0).sqrt(),
+        rtol=1e-4,
+        atol=0,
+    )
+    residual = (x - reconstruction).square().mean().sqrt() / scale
+    torch.testing.assert_close(
+        inn.noise_log_std.detach().exp().float(), residual, rtol=1e-4, atol=0
+    )
     # Nothing discarded, nothing to choose: a plain flow in the data's axes.
     flow = INNAutoencoderModule(6, 6, n_blocks=3, **SMALL, mixing=mixing)
     flow.initialize_from_data(x)
-    assert torch.equal(flow.net.input_layer(x)[0], x)
+    torch.testing.assert_close(
+        flow.net.input_layer(x)[0], (x - x.mean(0)) / scale, rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("n_features", "n_components"), [(2, 1), (5, 2), (40, 3)])
+def test_principal_split_is_an_exact_bijection(n_features, n_components):
+    layer = random_affine_(
+        PrincipalSplit(n_features, n_components), seed=n_features, n_features=n_features
+    )
+    x32 = rows(6, n_features, torch.float32)
+    y32, _ = layer(x32)
+    assert (layer.inverse(y32) - x32).abs().max() < 1e-5
+    layer.double()
+    x = x32.double()
+    y, log_det = layer(x)
+    assert (layer.inverse(y) - x).abs().max() < 1e-12
+    torch.testing.assert_close(
+        log_det, jacobian_log_dets(lambda h: layer(h)[0], x), rtol=0, atol=1e-10
+    )
+    # Scores where the positions say, the residual's entries elsewhere.
+    centred = x - layer.shift
+    scores = centred @ layer.basis
+    scale = layer.log_scale.exp()
+    torch.testing.assert_close(y[:, layer.code_positions], scale * scores)
+    residual = centred - scores @ layer.basis.T
+    others = y[:, layer.residual_positions] / scale
+    assert all(
+        any(torch.allclose(column, residual[:, j]) for j in range(n_features))
+        for column in others.T
+    )
+
+
+def test_input_layer_costs_no_square_matrix_for_a_small_code():
+    # A rotation of 784 features would cost 784 ** 2 per row; the split
+    # costs a few times 784 per score.
+    layer = INNAutoencoderModule(784, 10, n_blocks=1).net.input_layer
+    assert isinstance(layer, PrincipalSplit)
+    assert max(b.numel() for b in layer.buffers()) == 784 * 10
+    assert INNAutoencoderModule(8, 8, n_blocks=1).net.input_layer.n_components == 0
+    rotated = INNAutoencoderModule(8, 4, n_blocks=2, mixing="orthogonal")
+    assert isinstance(rotated.net.input_layer, FixedAffine)
 
 
 def test_orthogonal_mixing_stays_orthogonal_in_float64():
@@ -206,9 +280,16 @@ def test_permutation_is_a_permutation():
     assert torch.equal(perm.inverse(y), x)
 
 
-def test_parameter_count_does_not_depend_on_n_components():
+def test_network_parameter_count_does_not_depend_on_n_components():
+    # Besides the network: one learned width per output and one for the
+    # reconstruction noise.
+    for k in range(1, 6):
+        module = INNAutoencoderModule(5, k, **SMALL)
+        n_network = sum(p.numel() for p in module.net.parameters())
+        n_total = sum(p.numel() for p in module.parameters())
+        assert n_total - n_network == 5 + 1
     counts = {
-        sum(p.numel() for p in INNAutoencoderModule(5, k, **SMALL).parameters())
+        sum(p.numel() for p in INNAutoencoderModule(5, k, **SMALL).net.parameters())
         for k in range(1, 6)
     }
     assert len(counts) == 1
@@ -262,13 +343,14 @@ def test_samples_follow_the_prior_in_latent_space(n_features):
     assert samples.dtype == torch.float32
     torch.testing.assert_close(inn.sample(4000, seeded(0)), samples)
     y = inn.net(samples)[0].detach()
-    assert (y[:, 0].std() - 1).abs() < 0.05
-    if n_features > 1:
-        assert (y[:, 1:].std(0) - 0.01).abs().max() < 0.001
+    prior_std = inn.prior_log_std.detach().exp()
+    assert (prior_std - 1).abs().max() > 0.05
+    torch.testing.assert_close(y.std(0), prior_std, rtol=0.05, atol=0)
 
 
 @pytest.mark.parametrize("reconstruction_loss", ["l1", "mse"])
-def test_loss_is_the_documented_combination(reconstruction_loss):
+@pytest.mark.parametrize("discarded_std", ["learned", 0.01])
+def test_loss_is_the_documented_combination(reconstruction_loss, discarded_std):
     inn = INNAutoencoderModule(
         3,
         2,
@@ -276,23 +358,36 @@ def test_loss_is_the_documented_combination(reconstruction_loss):
         **SMALL,
         reconstruction_loss=reconstruction_loss,
         likelihood_weight=0.3,
+        discarded_std=discarded_std,
         generator=seeded(0),
     )
     randomise_(inn.double(), seed=8)
+    inn.data_scale.fill_(2.0)
     x = rows(5, 3)
     residual = x - inn.decode(inn.encode(x))
     assert residual.abs().sum(1).min() > 1e-3
+    # The noise scale is relative to the data's; fixed, it is discarded_std.
+    noise_std = 2.0 * inn.noise_log_std.exp()
+    if discarded_std != "learned":
+        assert noise_std.item() == pytest.approx(0.02)
     if reconstruction_loss == "l1":
-        # Laplace noise of scale discarded_std, up to a constant.
-        error = residual.abs().sum(1) / 0.01
+        noise = torch.distributions.Laplace(0.0, noise_std)
     else:
-        error = residual.square().sum(1) / (2 * 0.01**2)
+        noise = torch.distributions.Normal(0.0, noise_std)
+    nll = -noise.log_prob(residual).sum(1)
     loss = inn.loss(x, None)
-    torch.testing.assert_close(loss, (error - 0.3 * inn.log_prob(x)) / 3)
+    torch.testing.assert_close(loss, (nll - 0.3 * inn.log_prob(x)) / 3)
     loss.mean().backward()
     for param in inn.parameters():
         assert torch.isfinite(param.grad).all()
         assert param.grad.abs().max() > 0
+
+
+def test_loss_is_the_negative_log_likelihood_when_nothing_is_discarded():
+    inn = INNAutoencoderModule(3, 3, n_blocks=2, **SMALL, generator=seeded(0))
+    randomise_(inn.double(), seed=8)
+    x = rows(5, 3)
+    torch.testing.assert_close(inn.loss(x, None), -inn.log_prob(x) / 3)
 
 
 def test_reconstruction_gradient_flows_through_the_encoder_too():
@@ -303,6 +398,7 @@ def test_reconstruction_gradient_flows_through_the_encoder_too():
         **SMALL,
         reconstruction_loss="l1",
         likelihood_weight=0.0,
+        discarded_std=0.01,
         generator=seeded(0),
     )
     randomise_(inn.double(), seed=11)
@@ -313,14 +409,19 @@ def test_reconstruction_gradient_flows_through_the_encoder_too():
     assert (x.grad - residual.sign() / 0.03).abs().max() > 1.0
 
 
-def test_log_prob_is_the_change_of_variables():
-    inn = INNAutoencoderModule(3, 1, **SMALL, generator=seeded(0))
+@pytest.mark.parametrize("discarded_std", ["learned", 0.01])
+def test_log_prob_is_the_change_of_variables(discarded_std):
+    inn = INNAutoencoderModule(
+        3, 1, **SMALL, discarded_std=discarded_std, generator=seeded(0)
+    )
     randomise_(inn.double(), seed=9)
+    if discarded_std != "learned":
+        expected_std = torch.tensor([1.0, 0.01, 0.01], dtype=torch.float64)
+        torch.testing.assert_close(inn.prior_log_std.exp(), expected_std)
     x = rows(4, 3)
     y = inn.net(x)[0]
-    kept = torch.distributions.Normal(0.0, 1.0).log_prob(y[:, :1]).sum(1)
-    discarded = torch.distributions.Normal(0.0, 0.01).log_prob(y[:, 1:]).sum(1)
-    expected = kept + discarded + jacobian_log_dets(lambda h: inn.net(h)[0], x)
+    prior = torch.distributions.Normal(0.0, inn.prior_log_std.exp())
+    expected = prior.log_prob(y).sum(1) + jacobian_log_dets(lambda h: inn.net(h)[0], x)
     torch.testing.assert_close(inn.log_prob(x, seeded(0)), expected)
 
 
@@ -343,6 +444,7 @@ def test_one_feature_works_end_to_end():
         ({"n_blocks": 0}, "n_blocks"),
         ({"mixing": "shuffle"}, "mixing"),
         ({"reconstruction_loss": "huber"}, "reconstruction_loss"),
+        ({"discarded_std": "fitted"}, "discarded_std"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

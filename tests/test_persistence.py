@@ -107,6 +107,7 @@ NETWORKS = {
         IsometricVAE,
         lambda: dict(decoder=StatefulNetwork),
     ),
+    "coupling subnet": (INNAutoencoder, lambda: dict(subnet=TinyNetwork)),
 }
 
 
