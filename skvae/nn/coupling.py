@@ -291,6 +291,34 @@ def _check_orthogonal(state_dict, key, like, error_msgs):
     error_msgs.append(f"{key} is not an orthogonal matrix.")
 
 
+class _OrthogonalBuffer(nn.Module):
+    """A module whose buffer ``_orthogonal`` (a name) is an orthogonal matrix.
+
+    Changing the module's dtype re-orthogonalises the matrix in the new
+    dtype: a float32 matrix cast to float64 is orthogonal only to about 1e-7,
+    which would spoil float64 round trips. Loading a matrix that is not
+    orthogonal is an error, since the layer claims a log-determinant that
+    rests on it.
+    """
+
+    _orthogonal = "weight"
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module funnels every dtype and device move through _apply.
+        dtype = getattr(self, self._orthogonal).dtype
+        super()._apply(fn, recurse)
+        matrix = getattr(self, self._orthogonal)
+        if matrix.dtype != dtype:
+            setattr(self, self._orthogonal, _sign_corrected_q(matrix))
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        *_, error_msgs = args
+        key = prefix + self._orthogonal
+        _check_orthogonal(state_dict, key, getattr(self, self._orthogonal), error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
 def _sign_corrected_q(matrix):
     # Fixing the signs of R's diagonal makes the QR factorisation unique: Q of
     # a Gaussian matrix is then Haar distributed, and Q of a nearly orthogonal
@@ -299,7 +327,7 @@ def _sign_corrected_q(matrix):
     return q * torch.sign(torch.diagonal(r))
 
 
-class FixedOrthogonal(nn.Module):
+class FixedOrthogonal(_OrthogonalBuffer):
     """A random orthogonal mixing of the features, drawn once and never trained.
 
     The matrix is the Haar-distributed orthogonal factor of a Gaussian matrix,
@@ -330,35 +358,6 @@ class FixedOrthogonal(nn.Module):
         super().__init__()
         gaussian = torch.randn(n_features, n_features, generator=generator)
         self.register_buffer("weight", _sign_corrected_q(gaussian))
-
-    def _apply(self, fn, recurse=True):
-        # nn.Module funnels every dtype and device move through _apply.
-        dtype = self.weight.dtype
-        super()._apply(fn, recurse)
-        if self.weight.dtype != dtype:
-            self.weight = _sign_corrected_q(self.weight)
-        return self
-
-    def _load_from_state_dict(
-        self,
-        state_dict,
-        prefix,
-        local_metadata,
-        strict,
-        missing_keys,
-        unexpected_keys,
-        error_msgs,
-    ):
-        _check_orthogonal(state_dict, prefix + "weight", self.weight, error_msgs)
-        super()._load_from_state_dict(
-            state_dict,
-            prefix,
-            local_metadata,
-            strict,
-            missing_keys,
-            unexpected_keys,
-            error_msgs,
-        )
 
     def forward(self, x):
         """Rotate the rows of ``x``; the log-determinant is zero."""
@@ -527,7 +526,7 @@ class PrincipalSplit(nn.Module):
         return y + self.shift
 
 
-class FixedAffine(nn.Module):
+class FixedAffine(_OrthogonalBuffer):
     """A fixed affine map ``y = ((x - shift) @ rotation) * exp(log_scale)``.
 
     Centres the rows, rotates them by an orthogonal matrix and scales each
@@ -559,40 +558,13 @@ class FixedAffine(nn.Module):
     tensor([[2., 1.]])
     """
 
+    _orthogonal = "rotation"
+
     def __init__(self, n_features):
         super().__init__()
         self.register_buffer("shift", torch.zeros(n_features))
         self.register_buffer("rotation", torch.eye(n_features))
         self.register_buffer("log_scale", torch.zeros(n_features))
-
-    def _apply(self, fn, recurse=True):
-        # nn.Module funnels every dtype and device move through _apply.
-        dtype = self.rotation.dtype
-        super()._apply(fn, recurse)
-        if self.rotation.dtype != dtype:
-            self.rotation = _sign_corrected_q(self.rotation)
-        return self
-
-    def _load_from_state_dict(
-        self,
-        state_dict,
-        prefix,
-        local_metadata,
-        strict,
-        missing_keys,
-        unexpected_keys,
-        error_msgs,
-    ):
-        _check_orthogonal(state_dict, prefix + "rotation", self.rotation, error_msgs)
-        super()._load_from_state_dict(
-            state_dict,
-            prefix,
-            local_metadata,
-            strict,
-            missing_keys,
-            unexpected_keys,
-            error_msgs,
-        )
 
     def set_(self, shift, rotation, log_scale=None):
         """Set the centring, the rotation and (optionally) the log-scales.
