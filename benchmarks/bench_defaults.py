@@ -79,6 +79,14 @@ def skvae_model(name, n_components, seed):
     return ESTIMATORS[name](n_components, random_state=seed, **OVERRIDES[name])
 
 
+def parse_value(text):
+    """A Python literal, or the text itself: ``decoder_variance=learned``."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def quiet(function, *args):
     """Run ``function`` on one thread, returning its result and warnings."""
     torch.set_num_threads(1)
@@ -125,7 +133,7 @@ BEST_DENSITY = dict(
     n_components=16,
     decoder_variance="heteroscedastic",
     encoder_layers=(512, 512),
-    n_importance_samples=1000,
+    n_importance_samples=5000,
 )
 
 
@@ -598,7 +606,7 @@ def main():
     for item in args.set:
         target, value = item.split("=", 1)
         name, param = target.split(".")
-        OVERRIDES[name][param] = ast.literal_eval(value)
+        OVERRIDES[name][param] = parse_value(value)
 
     print(
         f"{time.strftime('%Y-%m-%d')}, {MACHINE}, torch {torch.__version__}, one "

@@ -29,6 +29,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 import skvae
 warnings.simplefilter("ignore")
+if not skvae.__file__.startswith({checkout!r}):
+    raise SystemExit(f"imported {{skvae.__file__}}, not the checkout")
 X = load_digits().data
 est = getattr(skvae, {name!r})({k}, random_state={seed})
 start = time.perf_counter()
@@ -39,8 +41,13 @@ print(json.dumps([time.perf_counter() - start, est.n_iter_]))
 
 def fit_once(checkout, name, k, seed):
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
+    code = FIT.format(name=name, k=k, seed=seed, checkout=str(checkout))
+    # ``python -c`` puts the working directory ahead of PYTHONPATH: run from
+    # the checkout, or a run from the repository root times this checkout
+    # twice.
     out = subprocess.run(
-        [sys.executable, "-c", FIT.format(name=name, k=k, seed=seed)],
+        [sys.executable, "-c", code],
+        cwd=checkout,
         env=env,
         capture_output=True,
         text=True,

@@ -43,19 +43,20 @@ X_train, X_test = X[:2000], X[2000:]
 # Fit
 # ---
 # Two latents for two features, and a decoder variance fixed at 0.02 (in the
-# units of the standardized data). The default, a variance learned for each
-# feature, starts at the variance that PCA with ``n_components`` components
-# leaves unexplained: with as many latents as features that is none, so it
-# starts at a small floor and training begins in the near-deterministic
-# regime. On these data that fit converges to a density no better than a
-# single Gaussian's, as the second line printed below shows. Training is the
-# default for both.
+# units of the standardized data), so that the gaps measured below belong to
+# one fixed generative model. The default, a variance learned for each
+# feature, ends close to it (about 0.03 on both features) with about the same
+# held-out log-likelihood, far above a single Gaussian's, as the second line
+# printed below shows. Training is the default for both.
 
 start = time.perf_counter()
 vae = VAETransformer(
     n_components=2, encoder_layers=(64, 64), decoder_variance=0.02, random_state=0
 ).fit(X_train)
-print(f"fit: {vae.n_iter_} epochs, {time.perf_counter() - start:.0f} s")
+print(
+    f"fit: {vae.n_iter_} epochs, {time.perf_counter() - start:.0f} s; held-out "
+    f"log-likelihood {vae.score(X_test):.3f} nats per row"
+)
 learned = VAETransformer(n_components=2, encoder_layers=(64, 64), random_state=0)
 learned.fit(X_train)
 print(

@@ -13,7 +13,11 @@ import torch
 from torch.nn import functional as F
 
 from .gaussian import LOG_2PI, standard_normal_log_prob
-from .vae import INITIAL_VARIANCE_FLOOR, GaussianVAE, _pca_residual_variance
+from .vae import GaussianVAE, _pca_residual_variance
+
+# Least noise variance ``beta="auto"`` picks, as a share of the data's mean
+# feature variance; it applies when PCA reconstructs the data exactly.
+NOISE_VARIANCE_FLOOR = 1e-3
 
 
 class IsometricGaussianVAE(GaussianVAE):
@@ -129,7 +133,7 @@ class IsometricGaussianVAE(GaussianVAE):
         centred = x.to(torch.float64) - x.to(torch.float64).mean(0)
         residual = _pca_residual_variance(centred, self.n_components)
         n_discarded = max(1, self.n_features - self.n_components)
-        floor = INITIAL_VARIANCE_FLOOR * self.data_scale.to(torch.float64) ** 2
+        floor = NOISE_VARIANCE_FLOOR * self.data_scale.to(torch.float64) ** 2
         with torch.no_grad():
             self.noise_variance.copy_((residual.sum() / n_discarded).clamp_min(floor))
 
