@@ -29,7 +29,7 @@ DECODER_LOG_VAR_MIN = math.log(1e-6)
 # (n_components >= n_features). Started sharper, the decoder forces
 # near-deterministic codes early and the fit settles close to one Gaussian:
 # held-out two moons at k=2 scored -2.67 nats/row from 1e-3 and -2.07 from
-# 0.03, against -2.72 for one Gaussian (benchmarks/README.md).
+# 0.03, against -2.72 for one Gaussian (docs/user_guide/vae.rst).
 INITIAL_VARIANCE_FLOOR = 0.03
 
 
