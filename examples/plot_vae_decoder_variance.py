@@ -2,7 +2,7 @@
 Learned or fixed decoder variance: the course of training
 =========================================================
 
-With ``decoder_variance="learned"`` (the default),
+With ``decoder_variance="learned"``,
 :class:`~skvae.VAETransformer` fits one noise variance per feature; a number
 fixes the same variance for every feature instead. Where learned variances
 start matters: a decoder that begins by explaining every row as noise

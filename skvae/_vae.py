@@ -61,17 +61,19 @@ class VAETransformer(BaseLatentEstimator):
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
         Decoder distribution. ``"bernoulli"`` needs data in [0, 1] and gives
         probabilities (a density only for binary data).
-    decoder_variance : {"learned", "heteroscedastic"} or float, default="learned"
-        Variance of the Gaussian decoder: ``"learned"``, one learned value
-        per feature; ``"heteroscedastic"``, a variance per feature that the
-        decoder outputs for each code beside the mean (the best density
-        model when the noise level differs between regions, such as
-        background and strokes of digits: 74.8 against 62.8 nats on the
-        dequantized digits, but its codes carry less of the data: a 2-D
-        embedding of the digits scores 0.55 in 5-NN accuracy against 0.80
-        with ``"learned"``); or a fixed positive value. Small fixed values
-        give the near-deterministic regime in which the encoder inverts the
-        decoder.
+    decoder_variance : "heteroscedastic", "learned" or float, default="heteroscedastic"
+        Variance of the Gaussian decoder: ``"heteroscedastic"``, a variance
+        per feature that the decoder outputs for each code beside the mean,
+        never below 0.3 % of the data's mean feature variance;
+        ``"learned"``, one learned value per feature; or a fixed positive
+        value. A variance per code follows noise that differs between
+        regions of the data, such as the background and strokes of digits:
+        on the defaults panel it scores 76.0 nats per row on the dequantized
+        digits against 63.9 with ``"learned"``, and anomaly ROC AUC 0.964 to
+        0.970 against 0.945 to 0.961. ``"learned"`` gives codes that carry
+        more of the data (2-D embedding of the digits: 5-NN accuracy 0.85
+        against 0.81; PCA 0.63). Small fixed values give the
+        near-deterministic regime in which the encoder inverts the decoder.
     beta : float, default=1.0
         Weight of the KL term in the training loss (a beta-VAE). The model's
         density, and so :meth:`score_samples`, does not depend on it.
@@ -249,7 +251,7 @@ class VAETransformer(BaseLatentEstimator):
         decoder=None,
         activation="silu",
         likelihood="gaussian",
-        decoder_variance="learned",
+        decoder_variance="heteroscedastic",
         beta=1.0,
         prior_shape=2.0,
         n_importance_samples=100,

@@ -22,9 +22,6 @@ def main():
 
     vae = VAETransformer(
         n_components=10,
-        # A noise level per code: a digit's background is nearly exact, its
-        # strokes are not (75 nats against 63 with one variance per pixel).
-        decoder_variance="heteroscedastic",
         n_importance_samples=500,
         random_state=0,
         verbose=1,

@@ -197,6 +197,24 @@ def test_heteroscedastic_decoder_variance_depends_on_the_code():
         _ = vae.decoder_log_var
 
 
+def test_heteroscedastic_variance_stays_above_its_floor_in_the_data_units():
+    # A variance per code could otherwise sit on values the data repeat
+    # exactly, where the likelihood has no bound.
+    g = torch.Generator().manual_seed(0)
+    vae = GaussianVAE(
+        3, 1, encoder_layers=(8,), decoder_variance="heteroscedastic", generator=g
+    )
+    x = 5.0 * torch.randn(50, 3, generator=g)
+    vae.initialize_from_data(x)
+    with torch.no_grad():
+        vae.decoder[-1].bias[3:] = -100.0
+    _, log_var = vae.decoder_mean_and_log_var(torch.randn(4, 1, generator=g))
+    mean_variance = (x - x.mean(0)).square().mean()
+    floor = np.log(3e-3 * mean_variance.item())
+    assert log_var.min().item() >= floor - 1e-4
+    assert log_var.max().item() < floor + 1e-3
+
+
 @pytest.mark.parametrize("shape", [1.0, 2.0, 8.0])
 def test_generalized_normal_prior_matches_scipy(shape):
     prior = GeneralizedNormalPrior(shape)

@@ -12,7 +12,8 @@ from sklearn.datasets import load_digits, make_moons
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.callbacks import Callback, LRScheduler
@@ -242,6 +243,23 @@ def test_divergence_stops_fit_with_the_epoch_and_a_remedy(digits):
     with pytest.raises(RuntimeError, match=r"epoch 1\b.*learning_rate_init"):
         vae.fit(digits * 1e20)
     assert not hasattr(vae, "module_")
+
+
+def test_heteroscedastic_codes_beat_pca_on_images_with_exact_zeros():
+    # Most pixels of the raw digits are exactly 0. With a per-code variance
+    # allowed down to 1e-6 of the data's variance, training spent the 2-D code
+    # on which pixels are exactly 0 and the embedding fell below PCA's
+    # (5-NN accuracy 0.560 against 0.633 on all the digits).
+    X, y = load_digits(return_X_y=True)
+    codes = VAETransformer(
+        2, decoder_variance="heteroscedastic", random_state=0
+    ).fit_transform(X)
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+
+    def accuracy(codes):
+        return cross_val_score(KNeighborsClassifier(5), codes, y, cv=folds).mean()
+
+    assert accuracy(codes) > accuracy(PCA(2).fit_transform(X)) + 0.05
 
 
 def test_heteroscedastic_decoder_models_noise_that_varies_with_the_code():

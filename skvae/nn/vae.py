@@ -24,6 +24,14 @@ ENCODER_LOG_VAR_RANGE = (-30.0, 10.0)
 # squared: a Gaussian whose variance collapses onto a data point has
 # unbounded likelihood.
 DECODER_LOG_VAR_MIN = math.log(1e-6)
+# A heteroscedastic decoder's variance, one per code, may not shrink below
+# 0.3 % of the data's mean feature variance. A variance per code can sit on a
+# value the data repeat exactly (the zero background of images), where the
+# likelihood has no bound, so training spends the codes on predicting those
+# exact values: at 1e-6, 2-D codes of MNIST scored 0.379 in 5-NN accuracy
+# against PCA's 0.430; at 3e-3, 0.520, and the dequantized digits' density
+# rose from 75.3 to 76.0 nats (their noise is 0.44 % of the mean variance).
+HETEROSCEDASTIC_LOG_VAR_MIN = math.log(3e-3)
 # Floor of a learned decoder variance's starting value, as a share of the
 # data's mean feature variance, for features PCA reconstructs exactly
 # (n_components >= n_features). Started sharper, the decoder forces
@@ -201,9 +209,9 @@ class GaussianVAE(LatentVariableModel):
             return self._scaled_log_var(self.decoder_log_var_raw)
         return torch.full_like(self.decoder_offset, math.log(self.fixed_variance))
 
-    def _scaled_log_var(self, raw):
+    def _scaled_log_var(self, raw, floor=DECODER_LOG_VAR_MIN):
         # The floor is relative to the data's scale, like everything learned.
-        standardized = soft_lower_bound(raw + self.decoder_offset, DECODER_LOG_VAR_MIN)
+        standardized = soft_lower_bound(raw + self.decoder_offset, floor)
         return standardized + 2 * torch.log(self.data_scale)
 
     def decoder_mean_and_log_var(self, z):
@@ -216,7 +224,7 @@ class GaussianVAE(LatentVariableModel):
         out = self._decoder_output(z)
         if self.heteroscedastic:
             out, raw = out.chunk(2, dim=-1)
-            log_var = self._scaled_log_var(raw)
+            log_var = self._scaled_log_var(raw, HETEROSCEDASTIC_LOG_VAR_MIN)
         else:
             log_var = self.decoder_log_var
         return self.data_shift + self.data_scale * out, log_var
