@@ -62,7 +62,27 @@ class IsometricVAE(BaseLatentEstimator):
         fits the manifold more tightly; choose it, for example, by
         ``GridSearchCV`` on :meth:`score`.
         X need not be centred: :meth:`fit` starts the network centred on the
-        training rows.
+        training rows. With ``noise="per_feature"``, ``"auto"`` sets each
+        feature's noise variance to factor analysis's, and ``beta / 2`` is
+        their mean; a number scales the same per-feature weights.
+    noise : {"isotropic", "per_feature"}, default="isotropic"
+        Shape of the noise around the manifold, which is the distortion the
+        training minimises. ``"isotropic"``: one variance ``beta / 2`` for
+        every feature, the squared error of the paper; the embedding,
+        importances and reconstructions are those of the Euclidean metric,
+        as PCA's are. ``"per_feature"``: feature ``i`` has variance ``(beta /
+        2) w_i``, with the weights ``w_i`` (mean 1) fixed before training from
+        factor analysis's noise variances with ``n_components`` factors; the
+        squared error of feature ``i`` is divided by ``w_i``, and the
+        isometry, the importances and ``explained_variance_ratio_`` are those
+        of that metric. On the defaults benchmark it is the better density
+        model and anomaly score (digits 56.5 against 34.5 nats, above
+        GaussianMixture's 54.4; breast cancer ROC AUC 0.967 to 0.969 against
+        0.937 to 0.946, above IsolationForest's 0.955) and the worse
+        embedding and classifier features (at or above PCA in 7 against 10
+        of 18 cells): choose it for :meth:`score_samples`, keep the default
+        for :meth:`transform`. Read more in the :ref:`User Guide
+        <isometric_vae>`.
     encoder_layers : tuple of int, default=(256, 256)
         Hidden layer widths of the encoder; ``()`` makes it affine.
     decoder_layers : tuple of int or None, default=None
@@ -154,7 +174,9 @@ class IsometricVAE(BaseLatentEstimator):
         latent.
     explained_variance_ratio_ : ndarray of shape (n_components,)
         ``explained_variance_`` divided by the total variance of the rows
-        seen (the sum of ``var_``, with PCA's n - 1 denominator), as for PCA.
+        seen (the sum of ``var_``, with PCA's n - 1 denominator), as for PCA;
+        with ``noise="per_feature"``, of ``var_ / w``, the variance in the
+        metric of the importances.
         On curved data the importances measure the variance along the
         manifold's isometric coordinates, and need not sum to 1 or less.
     beta_ : float
@@ -179,9 +201,12 @@ class IsometricVAE(BaseLatentEstimator):
     n_samples_seen_ : int
         Number of rows seen.
     noise_variance_ : ndarray of shape (n_features_in_,)
-        Variance of the decoder's Gaussian noise around the manifold,
-        ``beta_ / 2`` for every feature, as ``noise_variance_`` of
-        :class:`~sklearn.decomposition.FactorAnalysis`.
+        Variance of the decoder's Gaussian noise around the manifold, per
+        feature, as ``noise_variance_`` of
+        :class:`~sklearn.decomposition.FactorAnalysis`: ``beta_ / 2`` for
+        every feature with isotropic noise, ``(beta_ / 2) w_i`` with
+        ``noise="per_feature"`` (with ``beta="auto"``, factor analysis's own
+        noise variances, floored at 0.1 % of the mean feature variance).
     module_ : skvae.nn.IsometricGaussianVAE
         The trained torch module. Its latents are in :meth:`transform`'s
         order (see ``components_order_``), so :mod:`skvae.diagnostics` and
@@ -264,6 +289,7 @@ class IsometricVAE(BaseLatentEstimator):
     _parameter_constraints: dict = {
         **BaseLatentEstimator._parameter_constraints,
         "beta": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "noise": [StrOptions({"isotropic", "per_feature"})],
         "encoder_layers": ["array-like"],
         "decoder_layers": ["array-like", None],
         "encoder": [callable, None],
@@ -280,6 +306,7 @@ class IsometricVAE(BaseLatentEstimator):
         n_components=2,
         *,
         beta="auto",
+        noise="isotropic",
         encoder_layers=(256, 256),
         decoder_layers=None,
         encoder=None,
@@ -303,6 +330,7 @@ class IsometricVAE(BaseLatentEstimator):
     ):
         self.n_components = n_components
         self.beta = beta
+        self.noise = noise
         self.encoder_layers = encoder_layers
         self.decoder_layers = decoder_layers
         self.encoder = encoder
@@ -329,6 +357,7 @@ class IsometricVAE(BaseLatentEstimator):
             n_features,
             self.n_components,
             beta=None if self.beta == "auto" else self.beta,
+            noise=self.noise,
             encoder_layers=_layer_widths(self.encoder_layers, "encoder_layers"),
             decoder_layers=(
                 None
@@ -360,14 +389,16 @@ class IsometricVAE(BaseLatentEstimator):
         self.explained_variance_ = importance[rank]
         _accumulate_moments(self, X, incremental)
         n_seen = self.n_samples_seen_
-        total_variance = float(np.sum(self.var_)) * n_seen / (n_seen - 1)
+        weights = self.module_.noise_weights.cpu().numpy()
+        # The importances measure variance in the metric diag(1 / w).
+        total_variance = float(np.sum(self.var_ / weights)) * n_seen / (n_seen - 1)
         self.explained_variance_ratio_ = (
             self.explained_variance_ / total_variance
             if total_variance > 0
             else np.full(self.n_components, np.nan)
         )
         self.beta_ = 2 * float(self.module_.noise_variance)
-        self.noise_variance_ = np.full(self.n_features_in_, self.beta_ / 2)
+        self.noise_variance_ = self.beta_ / 2 * weights
         self.collapsed_ = self.explained_variance_ < COLLAPSE_RATIO * self.beta_ / 2
 
     def score_samples(self, X):
@@ -422,6 +453,9 @@ class IsometricVAE(BaseLatentEstimator):
                 Largest ``|cos|`` of the angle between two active columns;
                 ideal 0 (orthogonal columns), 0 with fewer than two active
                 latents.
+
+            With ``noise="per_feature"`` norms and angles are those of the
+            metric ``diag(1 / w)``, in which the isometry holds.
         """
         check_is_fitted(self)
         X = self._validate(X, reset=False)

@@ -55,6 +55,7 @@ ESTIMATORS = [
     INNAutoencoder(n_blocks=2, subnet_layers=(8,), max_iter=5, batch_size=32),
     INNAutoencoder(n_blocks=2, subnet=TinySubnet, max_iter=5, batch_size=32),
     IsometricVAE(encoder_layers=(8,), max_iter=5, batch_size=32),
+    IsometricVAE(noise="per_feature", encoder_layers=(8,), max_iter=5, batch_size=32),
     # Networks the user brings: a class, and a callable with extra arguments.
     VAETransformer(
         encoder=partial(OwnEncoder, hidden=4),

@@ -19,7 +19,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal, norm, spearmanr
-from sklearn.decomposition import PCA
+from sklearn.decomposition import PCA, FactorAnalysis
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch.callbacks import LRScheduler
@@ -36,6 +36,7 @@ from skvae.diagnostics import (
 )
 from skvae.nn import IsometricGaussianVAE
 from skvae.nn.gaussian import kl_to_standard_normal
+from skvae.nn.isometric import _factor_analysis_noise
 
 
 def linear_gaussian(n_samples, eigenvalues, noise, n_features=8, seed=0):
@@ -67,25 +68,33 @@ def annealed(max_iter):
     )
 
 
-def linear_model_at_optimum(beta=0.3, seed=0):
+def linear_model_at_optimum(beta=0.3, seed=0, weights=None):
     """A linear IsometricGaussianVAE at the exact optimum of its loss.
 
-    Decoder W z + b with orthogonal columns, so the posterior of the Gaussian
-    model with variance beta / 2 is diagonal and an affine encoder is exact;
-    it is probabilistic PCA of the marginal N(b, W W^T + (beta / 2) I).
+    Decoder W z + b with columns orthogonal in the metric diag(1 / weights)
+    (the identity by default), so the posterior of the Gaussian model with
+    variances (beta / 2) weights is diagonal and an affine encoder is exact;
+    the marginal is N(b, W W^T + (beta / 2) diag(weights)).
     """
     rng = np.random.default_rng(seed)
     n_features, n_components = 5, 2
-    noise = beta / 2
+    weights = np.ones(n_features) if weights is None else np.asarray(weights)
+    noise = beta / 2 * weights
     q, _ = np.linalg.qr(rng.normal(size=(n_features, n_components)))
-    W = q * np.array([2.0, 0.7])
+    W = np.sqrt(weights)[:, None] * q * np.array([2.0, 0.7])
     b = rng.normal(size=n_features)
     vae = IsometricGaussianVAE(
-        n_features, n_components, beta=beta, encoder_layers=(), decoder_layers=()
+        n_features,
+        n_components,
+        beta=beta,
+        encoder_layers=(),
+        decoder_layers=(),
+        noise="isotropic" if weights is None else "per_feature",
     ).double()
-    post_var = 1.0 / (1.0 + (W**2).sum(0) / noise)
-    A = (W / noise * post_var).T
+    post_var = 1.0 / (1.0 + (W**2 / noise[:, None]).sum(0))
+    A = (W / noise[:, None] * post_var).T
     with torch.no_grad():
+        vae.noise_weights.copy_(torch.from_numpy(weights))
         vae.decoder[0].weight.copy_(torch.from_numpy(W))
         vae.decoder[0].bias.copy_(torch.from_numpy(b))
         encoder = vae.encoder[0]
@@ -94,7 +103,7 @@ def linear_model_at_optimum(beta=0.3, seed=0):
         encoder.weight[:n_components] = torch.from_numpy(A)
         encoder.bias[:n_components] = torch.from_numpy(-A @ b)
         encoder.bias[n_components:] = torch.from_numpy(np.log(post_var))
-    marginal = multivariate_normal(b, W @ W.T + noise * np.eye(n_features))
+    marginal = multivariate_normal(b, W @ W.T + np.diag(noise))
     return vae, marginal
 
 
@@ -106,6 +115,33 @@ def test_isometric_density_is_exact_for_the_linear_optimum():
     x = marginal.rvs(size=50, random_state=1)
     log_p = vae.isometric_log_prob(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(log_p, marginal.logpdf(x), rtol=1e-12)
+
+
+def test_per_feature_noise_density_and_isometry_are_exact_at_the_linear_optimum():
+    weights = np.array([0.2, 0.5, 1.0, 1.3, 2.0])
+    vae, marginal = linear_model_at_optimum(weights=weights)
+    x = marginal.rvs(size=50, random_state=1)
+    log_p = vae.isometric_log_prob(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(log_p, marginal.logpdf(x), rtol=1e-12)
+    column_norms, max_cosine = vae.isometry(torch.from_numpy(x[:10]), [0, 1])
+    torch.testing.assert_close(column_norms, torch.ones_like(column_norms))
+    torch.testing.assert_close(max_cosine, torch.zeros_like(max_cosine))
+    # The Euclidean reading of the same decoder is not an isometry.
+    vae.noise_weights.fill_(1.0)
+    assert vae.isometry(torch.from_numpy(x[:10]), [0, 1])[1].gt(0.01).all()
+
+
+@pytest.mark.parametrize("n_components", [1, 3])
+def test_factor_analysis_noise_matches_scikit_learn(n_components):
+    rng = np.random.default_rng(0)
+    loadings = rng.normal(size=(n_components, 7))
+    noise = rng.uniform(0.05, 2.0, size=7)
+    X = rng.normal(size=(500, n_components)) @ loadings + rng.normal(
+        size=(500, 7)
+    ) * np.sqrt(noise)
+    reference = FactorAnalysis(n_components, svd_method="lapack").fit(X)
+    ours = _factor_analysis_noise(torch.from_numpy(X - X.mean(0)), n_components)
+    np.testing.assert_allclose(ours.numpy(), reference.noise_variance_, rtol=1e-8)
 
 
 def test_isometric_density_equals_theory_formula_term_by_term():
@@ -505,10 +541,63 @@ def test_partial_fit_on_one_row_divides_by_the_variance_of_all_rows_seen():
     np.testing.assert_allclose(vae.var_, X[:20].var(0), rtol=1e-12)
 
 
+def factor_analysis_data(n_samples, seed=0):
+    """Two factors in 8-D under noise whose variance differs 40-fold by
+    feature, the model of factor analysis."""
+    rng = np.random.default_rng(seed)
+    loadings = rng.normal(size=(2, 8))
+    noise = np.geomspace(0.02, 0.8, 8)
+    Z = rng.normal(size=(n_samples, 2))
+    return Z @ loadings + rng.normal(size=(n_samples, 8)) * np.sqrt(noise), noise
+
+
+def test_per_feature_noise_reaches_factor_analysis_where_isotropic_cannot():
+    X, noise = factor_analysis_data(4000)
+    X_train, X_test = X[:3000], X[3000:]
+    exact = FactorAnalysis(2, svd_method="lapack").fit(X_train).score(X_test)
+    scores = {}
+    for kind in ("isotropic", "per_feature"):
+        vae = IsometricVAE(2, noise=kind, encoder_layers=(32,), random_state=0)
+        scores[kind] = fit_quiet(vae, X_train).score(X_test)
+    # The isotropic model's best is probabilistic PCA, about 1 nat below.
+    assert exact - PCA(2).fit(X_train).score(X_test) > 0.5
+    assert scores["isotropic"] < exact - 0.5
+    assert abs(scores["per_feature"] - exact) < 0.1
+    np.testing.assert_allclose(vae.noise_variance_, noise, rtol=0.2)
+    np.testing.assert_allclose(np.mean(vae.noise_variance_), vae.beta_ / 2)
+    total = np.sum(vae.var_ / (vae.noise_variance_ / np.mean(vae.noise_variance_)))
+    np.testing.assert_allclose(
+        vae.explained_variance_ratio_,
+        vae.explained_variance_ / (total * 3000 / 2999),
+        rtol=1e-12,
+    )
+
+
+def test_a_fixed_beta_scales_the_per_feature_weights():
+    X, _ = factor_analysis_data(300)
+    vae = fit_quiet(
+        IsometricVAE(
+            2,
+            beta=0.2,
+            noise="per_feature",
+            max_iter=1,
+            early_stopping=False,
+            random_state=0,
+        ),
+        X,
+    )
+    np.testing.assert_allclose(np.mean(vae.noise_variance_), 0.1)
+    reference = FactorAnalysis(2, svd_method="lapack").fit(X).noise_variance_
+    np.testing.assert_allclose(
+        vae.noise_variance_ / 0.1, reference / reference.mean(), rtol=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
         ({"beta": 0.0}, "'beta' parameter"),
+        ({"noise": "diagonal"}, "'noise' parameter"),
         ({"density_estimate": "laplace"}, "'density_estimate' parameter"),
         ({"n_importance_samples": 0}, "'n_importance_samples' parameter"),
     ],

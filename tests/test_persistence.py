@@ -306,6 +306,18 @@ def test_round_trip_gives_identical_outputs(cls, X, tmp_path):
     assert loaded.loss_curve_ == est.loss_curve_
 
 
+def test_per_feature_noise_survives_a_round_trip(X, tmp_path):
+    est = _fit(IsometricVAE, X, noise="per_feature")
+    skvae.save(est, tmp_path / "m.safetensors")
+    loaded = skvae.load(tmp_path / "m.safetensors")
+    assert loaded.noise == "per_feature"
+    torch.testing.assert_close(
+        loaded.module_.noise_weights, est.module_.noise_weights, rtol=0, atol=0
+    )
+    assert len(np.unique(loaded.noise_variance_)) > 1
+    np.testing.assert_array_equal(loaded.score_samples(X), est.score_samples(X))
+
+
 def test_feature_names_and_array_attributes_survive(X, tmp_path):
     frame = pd.DataFrame(X, columns=list("abcd"))
     est = _fit(IsometricVAE, frame)
@@ -572,6 +584,18 @@ BAD_ATTRIBUTES = {
         VAETransformer,
         None,
         _set_tensor("module.encoder.0.bias", np.full(8, np.nan, np.float32)),
+    ),
+    "noise variance not positive": (
+        IsometricVAE,
+        None,
+        lambda t: t.__setitem__(
+            "module.noise_variance", ["F64", [], np.float64(-0.1).tobytes()]
+        ),
+    ),
+    "noise weight zero": (
+        IsometricVAE,
+        None,
+        _set_tensor("module.noise_weights", np.array([1.0, 0.0, 1.0, 2.0])),
     ),
     "mixing not a permutation": (
         INNAutoencoder,
