@@ -33,7 +33,9 @@ class IsometricVAE(BaseLatentEstimator):
     through a skorch net (``net_``). This is the negative ELBO of a Gaussian
     decoder with fixed variance ``beta / 2``, times ``beta``, plus a constant:
     ``beta`` is twice the noise variance the model assumes around the data
-    manifold, in squared units of X.
+    manifold, in squared units of X. With ``noise="per_feature"`` each
+    feature's squared error is divided by a fixed weight, so that features
+    may differ in noise, as in factor analysis.
 
     Nakagawa, Kato and Suzuki show that such a VAE is an isometric embedding
     scaled by the posterior standard deviations: at the optimum the decoder's
