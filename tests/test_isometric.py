@@ -573,6 +573,28 @@ def test_per_feature_noise_reaches_factor_analysis_where_isotropic_cannot():
     )
 
 
+def test_a_trained_per_feature_model_is_an_isometry_in_its_metric_only():
+    X, _ = factor_analysis_data(3000)
+    vae = IsometricVAE(
+        2,
+        noise="per_feature",
+        encoder_layers=(),
+        decoder_layers=(),
+        batch_size=500,
+        learning_rate_init=0.1,
+        random_state=0,
+        **annealed(200),
+    )
+    fit_quiet(vae, X)
+    report = vae.isometry_report(X[:500])
+    np.testing.assert_allclose(np.median(report.column_norms, axis=0), 1, atol=0.05)
+    assert np.median(report.max_cosine) < 0.05
+    # The same decoder read in the Euclidean metric: far from an isometry.
+    vae.module_.noise_weights.fill_(1.0)
+    euclidean = vae.isometry_report(X[:500])
+    assert np.median(euclidean.max_cosine) > 0.15
+
+
 def test_a_fixed_beta_scales_the_per_feature_weights():
     X, _ = factor_analysis_data(300)
     vae = fit_quiet(
