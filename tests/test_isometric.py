@@ -586,6 +586,10 @@ def test_a_trained_per_feature_model_is_an_isometry_in_its_metric_only():
         **annealed(200),
     )
     fit_quiet(vae, X)
+    # Importances are PCA's eigenvalues of the data in the metric.
+    weights = vae.noise_variance_ / np.mean(vae.noise_variance_)
+    in_metric = PCA(2).fit(X / np.sqrt(weights)).explained_variance_
+    np.testing.assert_allclose(vae.explained_variance_, in_metric, rtol=0.1)
     report = vae.isometry_report(X[:500])
     np.testing.assert_allclose(np.median(report.column_norms, axis=0), 1, atol=0.05)
     assert np.median(report.max_cosine) < 0.05
