@@ -68,6 +68,21 @@ def annealed(max_iter):
     )
 
 
+def affine_annealed(n_components, batch_size, max_iter, **params):
+    """An IsometricVAE with affine networks whose training gets close to the
+    optimum of its loss fast: a large learning rate, then annealed."""
+    return IsometricVAE(
+        n_components,
+        encoder_layers=(),
+        decoder_layers=(),
+        batch_size=batch_size,
+        learning_rate_init=0.1,
+        random_state=0,
+        **params,
+        **annealed(max_iter),
+    )
+
+
 def linear_model_at_optimum(beta=0.3, seed=0, weights=None):
     """A linear IsometricGaussianVAE at the exact optimum of its loss.
 
@@ -300,16 +315,7 @@ def test_isometry_is_ideal_at_the_linear_optimum_and_flags_a_shear():
 def linear_fit():
     """Eigenvalues 4, 1, 0.25 above noise 0.05 in 8-D; beta / 2 = the noise."""
     X = linear_gaussian(3000, [4.0, 1.0, 0.25], noise=0.05)
-    vae = IsometricVAE(
-        n_components=3,
-        beta=0.1,
-        encoder_layers=(),
-        decoder_layers=(),
-        batch_size=500,
-        learning_rate_init=0.1,
-        random_state=0,
-        **annealed(200),
-    )
+    vae = affine_annealed(3, batch_size=500, max_iter=200, beta=0.1)
     return fit_quiet(vae, X[:2000]), X[:2000], X[2000:]
 
 
@@ -337,16 +343,7 @@ def test_latents_below_half_beta_collapse():
     # Noise 0.01 < beta / 2 = 0.05: two of five latents have nothing to carry.
     X = linear_gaussian(2000, [4.0, 1.0, 0.25], noise=0.01, seed=1)
     beta = 0.1
-    vae = IsometricVAE(
-        n_components=5,
-        beta=beta,
-        encoder_layers=(),
-        decoder_layers=(),
-        batch_size=250,
-        learning_rate_init=0.1,
-        random_state=0,
-        **annealed(150),
-    )
+    vae = affine_annealed(5, batch_size=250, max_iter=150, beta=beta)
     fit_quiet(vae, X)
     np.testing.assert_array_equal(vae.collapsed_, [False] * 3 + [True] * 2)
     pca = PCA().fit(X)
@@ -575,16 +572,7 @@ def test_per_feature_noise_reaches_factor_analysis_where_isotropic_cannot():
 
 def test_a_trained_per_feature_model_is_an_isometry_in_its_metric_only():
     X, _ = factor_analysis_data(3000)
-    vae = IsometricVAE(
-        2,
-        noise="per_feature",
-        encoder_layers=(),
-        decoder_layers=(),
-        batch_size=500,
-        learning_rate_init=0.1,
-        random_state=0,
-        **annealed(200),
-    )
+    vae = affine_annealed(2, batch_size=500, max_iter=200, noise="per_feature")
     fit_quiet(vae, X)
     # Importances are PCA's eigenvalues of the data in the metric.
     weights = vae.noise_variance_ / np.mean(vae.noise_variance_)

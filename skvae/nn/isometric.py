@@ -55,12 +55,12 @@ def _factor_analysis_noise(centred, n_components):
     tiny = 1e-12
     psi = torch.ones_like(variance)
     constant = n_features * LOG_2PI + n_components
+    n_discarded = n_features - n_components
     previous = -torch.inf
     for _ in range(FACTOR_ANALYSIS_MAX_ITER):
         root = psi.sqrt() + tiny
         eigval, eigvec = torch.linalg.eigh(covariance / root / root.unsqueeze(1))
         # eigh sorts ascending: the factors are the last k eigenvectors.
-        n_discarded = n_features - n_components
         top, axes = eigval[n_discarded:], eigvec[:, n_discarded:]
         unexplained = eigval[:n_discarded].sum()
         log_likelihood = (
@@ -228,6 +228,8 @@ class IsometricGaussianVAE(GaussianVAE):
         constant data).
         """
         super().initialize_from_data(x)
+        if self.noise == "isotropic" and not self.fit_noise_variance:
+            return
         centred = x.to(torch.float64) - x.to(torch.float64).mean(0)
         floor = NOISE_VARIANCE_FLOOR * self.data_scale.to(torch.float64) ** 2
         if self.noise == "per_feature":
@@ -236,7 +238,7 @@ class IsometricGaussianVAE(GaussianVAE):
             mean_noise = per_feature.mean()
             with torch.no_grad():
                 self.noise_weights.copy_(per_feature / mean_noise)
-        elif self.fit_noise_variance:
+        else:
             residual = _pca_residual_variance(centred, self.n_components)
             n_discarded = max(1, self.n_features - self.n_components)
             mean_noise = (residual.sum() / n_discarded).clamp_min(floor)
