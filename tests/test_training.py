@@ -41,6 +41,41 @@ def test_validation_batches_keep_row_order():
     assert batches == [[0, 1, 2], [3, 4, 5], [6]]
 
 
+@pytest.mark.parametrize("Estimator", [VAETransformer, INNAutoencoder, IsometricVAE])
+def test_training_on_the_cpu_uses_adams_fused_kernel(Estimator):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = Estimator(n_components=2, max_iter=2, random_state=0).fit(X)
+    assert est.net_.optimizer_.defaults["fused"] is True
+
+
+def test_fused_adam_takes_the_steps_of_torchs_default_adam():
+    torch.manual_seed(0)
+    start = torch.randn(5, 3, dtype=torch.float64)
+    target = torch.randn(5, 3, dtype=torch.float64)
+    trajectories = []
+    for make in (_training.adam, torch.optim.Adam):
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = make([{"params": [weight]}], lr=0.1)
+        for _ in range(20):
+            optimizer.zero_grad()
+            (weight - target).square().sum().backward()
+            optimizer.step()
+        trajectories.append(weight.detach())
+    assert optimizer.defaults["fused"] is None
+    torch.testing.assert_close(trajectories[0], trajectories[1], rtol=1e-12, atol=1e-12)
+
+
+def test_adam_keeps_torchs_default_for_parameters_the_fused_kernel_rejects():
+    real = torch.nn.Parameter(torch.randn(3))
+    complex_ = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    optimizer = _training.adam([{"params": [real, complex_]}], lr=0.1)
+    assert optimizer.defaults["fused"] is None
+    (real.sum() + complex_.abs().sum()).backward()
+    optimizer.step()
+
+
 def _bar_lines(est, X, monkeypatch, capsys):
     # mininterval=0: the bar draws on every update, whatever the timing.
     monkeypatch.setattr(_training, "tqdm", functools.partial(tqdm, mininterval=0))
