@@ -230,7 +230,8 @@ class IsometricGaussianVAE(GaussianVAE):
         super().initialize_from_data(x)
         if self.noise == "isotropic" and not self.fit_noise_variance:
             return
-        centred = x.to(torch.float64) - x.to(torch.float64).mean(0)
+        x = x.to(torch.float64)
+        centred = x - x.mean(0)
         floor = NOISE_VARIANCE_FLOOR * self.data_scale.to(torch.float64) ** 2
         if self.noise == "per_feature":
             per_feature = _factor_analysis_noise(centred, self.n_components)
