@@ -203,7 +203,7 @@ class INNAutoencoder(BaseLatentEstimator):
     >>> from skvae import INNAutoencoder
     >>> X = np.random.default_rng(0).normal(size=(200, 4))
     >>> inn = INNAutoencoder(n_components=2, n_blocks=2, subnet_layers=(16,),
-    ...                      max_iter=5, random_state=0).fit(X)
+    ...                      random_state=0).fit(X)
     >>> inn.transform(X[:3]).shape
     (3, 2)
     >>> inn.information_profile(X).layer_entropy.shape

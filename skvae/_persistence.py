@@ -147,10 +147,10 @@ def save(estimator, path):
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> import skvae
-    >>> X = np.random.default_rng(0).normal(size=(50, 4))
-    >>> vae = skvae.VAETransformer(2, encoder_layers=(8,), max_iter=2,
-    ...                            random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = skvae.VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "vae.safetensors"
     >>> skvae.save(vae, path)
     >>> again = skvae.load(path)
@@ -163,7 +163,7 @@ def save(estimator, path):
     >>> from skvae.nn import ConvEncoder, ConvDecoder
     >>> images = np.random.default_rng(0).random(size=(50, 16))  # 4×4 pixels
     >>> conv = skvae.VAETransformer(2, encoder=ConvEncoder, decoder=ConvDecoder,
-    ...                             max_iter=2, random_state=0).fit(images)
+    ...                             random_state=0).fit(images)
     >>> skvae.save(conv, path)
     >>> template = skvae.VAETransformer(encoder=ConvEncoder, decoder=ConvDecoder)
     >>> again = skvae.load(path, estimator=template)
@@ -278,10 +278,10 @@ def load(path, *, estimator=None):
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> import skvae
-    >>> X = np.random.default_rng(0).normal(size=(50, 4))
-    >>> vae = skvae.VAETransformer(2, encoder_layers=(8,), max_iter=2,
-    ...                            random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = skvae.VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "vae.safetensors"
     >>> skvae.save(vae, path)
     >>> skvae.load(path).score(X) == vae.score(X)
@@ -297,7 +297,7 @@ def load(path, *, estimator=None):
     >>> images = np.random.default_rng(0).random(size=(50, 16))  # 4×4 pixels
     >>> small = partial(ConvEncoder, channels=(4,))
     >>> conv = skvae.VAETransformer(2, encoder=small, decoder=ConvDecoder,
-    ...                             max_iter=2, random_state=0).fit(images)
+    ...                             random_state=0).fit(images)
     >>> skvae.save(conv, path)
     >>> template = skvae.VAETransformer(encoder=small, decoder=ConvDecoder)
     >>> again = skvae.load(path, estimator=template)

@@ -213,8 +213,8 @@ class VAETransformer(BaseLatentEstimator):
     --------
     >>> from sklearn.datasets import load_digits
     >>> from skvae import VAETransformer
-    >>> X = load_digits().data / 16
-    >>> vae = VAETransformer(n_components=2, encoder_layers=(64,), max_iter=5,
+    >>> X = load_digits().data[:500] / 16
+    >>> vae = VAETransformer(n_components=2, encoder_layers=(64,),
     ...                      random_state=0).fit(X)
     >>> vae.transform(X[:3]).shape
     (3, 2)

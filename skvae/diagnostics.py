@@ -194,14 +194,14 @@ def ima_contrast(est, X=None, *, Z=None):
     Examples
     --------
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import ima_contrast
-    >>> X = np.random.default_rng(0).normal(size=(100, 4))
-    >>> vae = VAETransformer(2, encoder_layers=(8,), max_iter=2, n_iter_no_change=2,
-    ...                      random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> result = ima_contrast(vae, X)
     >>> result.local_contrast.shape, bool(result.global_contrast >= 0)
-    ((100,), True)
+    ((150,), True)
     """
     latents, fitted = _latents(est, X, Z, "ima_contrast")
 
@@ -268,14 +268,14 @@ def decoder_jacobian_spectrum(est, X=None, *, Z=None):
     Examples
     --------
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import decoder_jacobian_spectrum
-    >>> X = np.random.default_rng(0).normal(size=(100, 4))
-    >>> vae = VAETransformer(2, encoder_layers=(8,), max_iter=2, n_iter_no_change=2,
-    ...                      random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> spectrum = decoder_jacobian_spectrum(vae, X)
     >>> spectrum.singular_values.shape, spectrum.condition_number.shape
-    ((100, 2), (100,))
+    ((150, 2), (150,))
     """
     latents, fitted = _latents(est, X, Z, "decoder_jacobian_spectrum")
 
@@ -361,14 +361,14 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
     Examples
     --------
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import self_consistency
-    >>> X = np.random.default_rng(0).normal(size=(100, 4))
-    >>> vae = VAETransformer(2, encoder_layers=(8,), max_iter=2, n_iter_no_change=2,
-    ...                      random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> result = self_consistency(vae, X, n_samples=50, random_state=0)
     >>> result.reconstruction_error.shape, result.latent_error.shape
-    ((100,), (50,))
+    ((150,), (50,))
     >>> result.encoder_variance.shape == result.optimal_variance.shape
     True
     """
@@ -628,11 +628,11 @@ def amortization_gap(
     Examples
     --------
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import amortization_gap
-    >>> X = np.random.default_rng(0).normal(size=(100, 4))
-    >>> vae = VAETransformer(2, encoder_layers=(8,), max_iter=2, n_iter_no_change=2,
-    ...                      random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> gaps = amortization_gap(vae, X[:5], n_importance_samples=500,
     ...                         random_state=0)
     >>> gaps.amortization_gap.shape

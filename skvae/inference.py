@@ -67,15 +67,15 @@ class FittedModule:
     Examples
     --------
     >>> import numpy as np
+    >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.inference import FittedModule
-    >>> X = np.random.default_rng(0).normal(size=(50, 4))
-    >>> vae = VAETransformer(2, encoder_layers=(8,), max_iter=2,
-    ...                      random_state=0).fit(X)
+    >>> X = load_iris().data
+    >>> vae = VAETransformer(2, encoder_layers=(16,), random_state=0).fit(X)
     >>> fitted = FittedModule(vae, X.dtype)
     >>> mean, log_var = fitted.map_rows(lambda m, x: m.posterior(x), X)
     >>> mean.shape, log_var.dtype
-    ((50, 2), dtype('float64'))
+    ((150, 2), dtype('float64'))
     >>> np.array_equal(mean, vae.transform(X))
     True
     """
