@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 import torch
+from _common import MACHINE
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import norm
 from sklearn.decomposition import PCA, FastICA
@@ -51,7 +52,6 @@ from skvae.diagnostics import (
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 
-MACHINE = "2-core CPU, no GPU"
 AUTHORS_MCC = {1e-1: 0.15, 1e-3: 0.71, 1e-4: 0.96, 1e-5: 0.96}
 
 

@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 import torch
+from _common import MACHINE
 from scipy.stats import norm, spearmanr
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
@@ -37,7 +38,6 @@ from skvae.datasets import make_known_density
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 
-MACHINE = "2-core CPU, no GPU"
 N_TRAIN, N_TEST = 5000, 10_000
 
 
