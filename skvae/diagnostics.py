@@ -193,7 +193,6 @@ def ima_contrast(est, X=None, *, Z=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import ima_contrast
@@ -267,7 +266,6 @@ def decoder_jacobian_spectrum(est, X=None, *, Z=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import decoder_jacobian_spectrum
@@ -360,7 +358,6 @@ def self_consistency(est, X=None, *, n_samples=1000, random_state=None):
 
     Examples
     --------
-    >>> import numpy as np
     >>> from sklearn.datasets import load_iris
     >>> from skvae import VAETransformer
     >>> from skvae.diagnostics import self_consistency
