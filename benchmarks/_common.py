@@ -60,17 +60,16 @@ def toy_manifold(name, n_samples, noise, random_state):
     """Rows of one of scikit-learn's toy manifolds, and their exact log-density.
 
     ``make_moons`` places its noiseless points on a fixed grid, so its
-    density is a mixture of one isotropic Gaussian per grid point. The
-    S-curve and the Swiss roll draw a curve parameter and a height
-    uniformly: the height's Gaussian blur of a uniform has a closed form, and
-    the curve parameter is integrated on a grid fine against the noise.
+    density is a mixture of one isotropic Gaussian per grid point: the
+    blurred curve of the grid itself. The S-curve and the Swiss roll draw a
+    curve parameter and a height uniformly: the height's Gaussian blur of a
+    uniform has a closed form, and the curve parameter is integrated on a
+    grid fine against the noise.
     """
     if name == "two moons":
         X = make_moons(n_samples, noise=noise, random_state=random_state)[0]
-        centres = make_moons(n_samples, shuffle=False)[0]
-        squared = ((X[:, None, :] - centres[None]) ** 2).sum(-1)
-        log_p = logsumexp(-0.5 * squared / noise**2, axis=1) - np.log(n_samples)
-        return X, log_p - np.log(2 * np.pi * noise**2)
+        grid = make_moons(n_samples, shuffle=False)[0]
+        return X, _blurred_curve(X, grid, noise)
     if name == "S-curve":
         X = make_s_curve(n_samples, noise=noise, random_state=random_state)[0]
         return X, s_curve_log_density(X, noise)
@@ -102,7 +101,7 @@ def _midpoints(low, high, n):
 
 
 def _blurred_curve(X, curve, noise):
-    """log of the mean over the curve's points of N(x; point, noise**2 I), 2-D."""
+    """log of the mean over the points of a curve of N(x; point, noise**2 I), 2-D."""
     log_p = np.empty(len(X))
     for start in range(0, len(X), 256):
         rows = X[start : start + 256]
