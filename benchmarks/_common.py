@@ -56,7 +56,7 @@ def digits_split():
 TOY_MANIFOLDS = {"two moons": 0.05, "S-curve": 0.05, "Swiss roll": 0.1}
 
 
-def toy_manifold(name, n_samples, noise, random_state):
+def toy_manifold(name, n_samples, random_state):
     """Rows of one of scikit-learn's toy manifolds, and their exact log-density.
 
     ``make_moons`` places its noiseless points on a fixed grid, so its
@@ -66,6 +66,7 @@ def toy_manifold(name, n_samples, noise, random_state):
     uniform has a closed form, and the curve parameter is integrated on a
     grid fine against the noise.
     """
+    noise = TOY_MANIFOLDS[name]
     if name == "two moons":
         X = make_moons(n_samples, noise=noise, random_state=random_state)[0]
         grid = make_moons(n_samples, shuffle=False)[0]
@@ -127,7 +128,7 @@ TOY_MANIFOLD_DIMENSION = {"two moons": 1, "S-curve": 2, "Swiss roll": 2}
 
 def toy_manifold_split(name, seed, n_train=2000, n_test=2000):
     """Training rows, held-out rows and the held-out rows' exact log-density."""
-    X, log_p = toy_manifold(name, n_train + n_test, TOY_MANIFOLDS[name], seed)
+    X, log_p = toy_manifold(name, n_train + n_test, seed)
     return X[:n_train], X[n_train:], log_p[n_train:]
 
 

@@ -618,9 +618,9 @@ def print_tables(results):
     if "manifolds" in by_task:
         print("\n### Toy manifolds: held-out nats per row against the exact density\n")
         print(
-            "| data | model | held-out | truth - held-out | train - held-out ", end=""
+            "| data | model | held-out | truth - held-out | train - held-out "
+            "| fit (s) | epochs | collapsed | warnings |"
         )
-        print("| fit (s) | epochs | collapsed | warnings |")
         print("|---|---|---|---|---|---|---|---|---|")
         groups = {}
         for r in by_task["manifolds"]:
