@@ -162,7 +162,7 @@ class VAETransformer(BaseLatentEstimator):
     collapsed_ : ndarray of bool of shape (n_components,)
         Whether each latent has collapsed: ``latent_activity_`` below 0.01.
         :meth:`fit` warns (:class:`~skvae.exceptions.PosteriorCollapseWarning`)
-        when more than half the latents have.
+        when at least half the latents have (one of two, say).
     mean_ : ndarray of shape (n_features_in_,)
         Per-feature mean of the rows seen: those of the last :meth:`fit`,
         then of every :meth:`partial_fit` call since, as in

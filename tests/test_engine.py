@@ -170,6 +170,33 @@ def test_active_latents_are_measured_and_collapse_warns():
     assert np.all(vae.latent_activity_[vae.collapsed_] < 0.01)
 
 
+def _directions_of_variance_9(n_directions, n_rows=400, n_features=6):
+    """Rows with ``n_directions`` orthogonal directions of variance 9 among
+    noise of variance 0.01: under a fixed decoder variance of 1, only those
+    directions are worth a latent."""
+    rng = np.random.default_rng(0)
+    loadings = np.linalg.qr(rng.normal(size=(n_features, n_directions)))[0].T
+    X = 3 * rng.normal(size=(n_rows, n_directions)) @ loadings
+    return X + 0.1 * rng.normal(size=X.shape)
+
+
+def test_half_the_latents_collapsed_warns():
+    # The defect first reported: a 2-D code that is really a 1-D curve.
+    vae = VAETransformer(2, decoder_variance=1.0, **SMALL)
+    with pytest.warns(PosteriorCollapseWarning, match="1 of 2 latents") as record:
+        vae.fit(_directions_of_variance_9(1))
+    assert [w.filename for w in record] == [__file__]
+    np.testing.assert_array_equal(np.sort(vae.collapsed_), [False, True])
+
+
+def test_fewer_than_half_collapsed_do_not_warn():
+    vae = VAETransformer(3, decoder_variance=1.0, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorCollapseWarning)
+        vae.fit(_directions_of_variance_9(2))
+    assert vae.collapsed_.sum() == 1
+
+
 def test_most_latents_active_on_structured_data_do_not_warn(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PosteriorCollapseWarning)
