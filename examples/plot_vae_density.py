@@ -29,15 +29,15 @@ true_test = density.score_samples(X_test)
 # Fit
 # ---
 # Two latents for two features: the decoder's job is to bend a Gaussian
-# cloud into the shape of the data. With the default
-# ``decoder_variance="learned"`` the noise around the decoder's mean has one
-# variance per feature, the same for every code: to be sharp where the data
-# are dense it has to be small everywhere, and the modes and the gaps between
-# them must then all come from the decoder stretching the cloud.
-# ``"heteroscedastic"`` lets the decoder set the noise for each code, which
-# the :ref:`user guide <vae_decoder_variance>` recommends when the density
-# is what matters. Both are fitted, with every other parameter at its
-# default: training stops once the held-out loss has converged.
+# cloud into the shape of the data. With ``decoder_variance="learned"`` the
+# noise around the decoder's mean has one variance per feature, the same for
+# every code: to be sharp where the data are dense it has to be small
+# everywhere, and the modes and the gaps between them must then all come
+# from the decoder stretching the cloud. The default, ``"heteroscedastic"``,
+# lets the decoder set the noise for each code (see the :ref:`user guide
+# <vae_decoder_variance>`). Both are fitted, with every other parameter at
+# its default: training stops once the held-out loss has converged. Each
+# fit warns that one of its two latents has collapsed (below).
 
 vaes = {
     variance: VAETransformer(
@@ -109,14 +109,16 @@ plt.show()
 # components matches that structure and is nearly exact (-2.051 nats per row
 # held out, against -2.044 for the truth). A VAE has to produce all of it
 # from one Gaussian cloud of latents through a continuous decoder. With one
-# noise variance per feature (the default) it reaches -2.424 nats and ranks
-# the rows poorly (rank correlation 0.533 with the true log-density): the
-# decoder's stretching alone does not carve out the modes. With a noise level
-# per code it reaches -2.097 and 0.943, with one of its two latents active: a
-# curve through the data, with the noise around it widening where the data
-# spread. It finds the round mode, where it is and how wide, but runs the two
-# left-hand modes together into one ridge and keeps a bridge of mass up to
-# the round one, visible in its density and in its samples; that costs it
-# against the mixture, which was told how many modes there are. For data made
-# of well separated clusters a mixture is the better density model; a VAE is
-# worth its cost when the data lie near a curved low-dimensional manifold.
+# noise variance per feature it reaches -2.101 nats (rank correlation 0.945
+# with the true log-density); with a noise level per code, -2.093 and 0.957.
+# Both keep one of their two latents, which is what the
+# :class:`~skvae.exceptions.PosteriorCollapseWarning` of each fit reports:
+# the model is a curve through the data, with the noise around it widening
+# where the data spread, and ``n_components=1`` does as well (-2.087). The
+# heteroscedastic VAE finds the round mode, where it is and how wide, but
+# runs the two left-hand modes together into one ridge and keeps a bridge of
+# mass up to the round one, visible in its density and in its samples; that
+# costs it against the mixture, which was told how many modes there are. For
+# data made of well separated clusters a mixture is the better density
+# model; a VAE is worth its cost when the data lie near a curved
+# low-dimensional manifold.
