@@ -180,9 +180,13 @@ def _directions_of_variance_9(n_directions, n_rows=400, n_features=6):
     return X + 0.1 * rng.normal(size=X.shape)
 
 
-def test_half_the_latents_collapsed_warns():
+@pytest.mark.parametrize(
+    "cls, noise",
+    [(VAETransformer, dict(decoder_variance=1.0)), (IsometricVAE, dict(beta=1.0))],
+)
+def test_half_the_latents_collapsed_warns(cls, noise):
     # The defect first reported: a 2-D code that is really a 1-D curve.
-    vae = VAETransformer(2, decoder_variance=1.0, **SMALL)
+    vae = cls(2, **noise, **SMALL)
     with pytest.warns(PosteriorCollapseWarning, match="1 of 2 latents") as record:
         vae.fit(_directions_of_variance_9(1))
     assert [w.filename for w in record] == [__file__]
