@@ -186,7 +186,9 @@ class IsometricVAE(BaseLatentEstimator):
     collapsed_ : ndarray of bool of shape (n_components,)
         Whether each latent (in :meth:`transform`'s order) has collapsed onto
         the prior: importance below 1.1 times ``beta / 2``, posterior standard
-        deviation near 1. Collapsed latents come last.
+        deviation near 1. Collapsed latents come last. :meth:`fit` warns
+        (:class:`~skvae.exceptions.PosteriorCollapseWarning`) when at least
+        half the latents have.
     components_order_ : ndarray of shape (n_components,)
         For each column of :meth:`transform`, the output of the encoder
         network (and input of the decoder network) it comes from: the
