@@ -295,9 +295,7 @@ class BaseLatentEstimator(
         # At least half, not most: the 2-D code that is really a 1-D curve,
         # one of two latents collapsed, is the collapse users meet first.
         collapsed = getattr(self, "collapsed_", None)
-        if collapsed is None or not collapsed.any():
-            return
-        if collapsed.sum() < self.n_components / 2:
+        if collapsed is None or collapsed.sum() < self.n_components / 2:
             return
         warnings.warn(
             f"{type(self).__name__}: {collapsed.sum()} of {self.n_components} "
