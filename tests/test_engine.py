@@ -154,22 +154,6 @@ def test_early_stopping_does_not_stop_on_noise():
 # -- collapse ----------------------------------------------------------------------
 
 
-def test_active_latents_are_measured_and_collapse_warns():
-    rng = np.random.default_rng(0)
-    # One direction of variance 9 among noise of variance 0.01: with a fixed
-    # decoder variance of 1, only a direction whose variance exceeds it is
-    # worth a latent, so three of four collapse onto the prior.
-    X = rng.normal(size=(400, 1)) * 3 * np.ones((1, 6))
-    X += 0.1 * rng.normal(size=X.shape)
-    vae = VAETransformer(4, decoder_variance=1.0, **SMALL)
-    with pytest.warns(PosteriorCollapseWarning, match="3 of 4 latents") as record:
-        vae.fit(X)
-    assert [w.filename for w in record] == [__file__]
-    assert vae.collapsed_.sum() == 3
-    assert np.sort(vae.latent_activity_)[-1] > 0.5
-    assert np.all(vae.latent_activity_[vae.collapsed_] < 0.01)
-
-
 def _directions_of_variance_9(n_directions, n_rows=400, n_features=6):
     """Rows with ``n_directions`` orthogonal directions of variance 9 among
     noise of variance 0.01: under a fixed decoder variance of 1, only those
@@ -178,6 +162,17 @@ def _directions_of_variance_9(n_directions, n_rows=400, n_features=6):
     loadings = np.linalg.qr(rng.normal(size=(n_features, n_directions)))[0].T
     X = 3 * rng.normal(size=(n_rows, n_directions)) @ loadings
     return X + 0.1 * rng.normal(size=X.shape)
+
+
+def test_active_latents_are_measured_and_collapse_warns():
+    # One direction worth a latent, so three of four collapse onto the prior.
+    vae = VAETransformer(4, decoder_variance=1.0, **SMALL)
+    with pytest.warns(PosteriorCollapseWarning, match="3 of 4 latents") as record:
+        vae.fit(_directions_of_variance_9(1))
+    assert [w.filename for w in record] == [__file__]
+    assert vae.collapsed_.sum() == 3
+    assert np.sort(vae.latent_activity_)[-1] > 0.5
+    assert np.all(vae.latent_activity_[vae.collapsed_] < 0.01)
 
 
 @pytest.mark.parametrize(
